@@ -1,0 +1,1 @@
+"""simprune REST service: FastAPI app (``app.main:create_app``), settings, database models, storage."""

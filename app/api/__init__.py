@@ -1,0 +1,1 @@
+"""HTTP layer: routes (one module per resource), shared dependencies, problem+json errors."""

@@ -1,0 +1,364 @@
+"""/v1/jobs: submit (JSON or one-call multipart), list, inspect, follow (SSE), cancel, download artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.pagination import page_rows, paginate
+from app.api.problems import Problem
+from app.api.routes.datasets import get_owned_dataset
+from app.api.routes.models import get_owned_model
+from app.core.celery import enqueue_job
+from app.core.config import Settings
+from app.core.db import session_factory
+from app.models import TERMINAL_STATUSES, Artifact, Job, new_id, utcnow
+from app.schemas import ArtifactOut, JobCreate, JobOut, JobSpec, JobStatus, Page
+from app.services import engine
+from app.services.resources import create_model
+from app.services.uploads import parse_multipart
+from app.storage import Storage
+
+log = logging.getLogger("simprune.api")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JSON_FIELDS = ("options", "finetune", "compensation", "exports")
+
+SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/JobCreate"},
+                "examples": {
+                    "flops": {"summary": "Halve the FLOPs with QSFM", "value": {
+                        "model_id": "mdl_0d1f2e3c4b5a69788796a5b4", "method": "qsfm",
+                        "target_flops_reduction": 0.5, "calibration_dataset_id": "dst_5b4a69788796a5b40d1f2e3c"}},
+                    "ratio": {"summary": "Remove 30% of the filters by L1 norm", "value": {
+                        "model_id": "mdl_0d1f2e3c4b5a69788796a5b4", "method": "l1", "pruning_ratio": 0.3}},
+                },
+            },
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "required": ["file", "arch", "method"],
+                "description": "One call: the checkpoint plus the job fields (options/finetune/compensation/"
+                               "exports as JSON strings).",
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "arch": {"type": "string", "example": "cifar_resnet56"},
+                    "num_classes": {"type": "integer"},
+                    "input_size": {"type": "string", "example": "3,32,32"},
+                    "method": {"type": "string", "example": "l1"},
+                    "target_flops_reduction": {"type": "number", "example": 0.5},
+                    "pruning_ratio": {"type": "string", "example": "0.3"},
+                    "calibration_dataset_id": {"type": "string"},
+                    "eval_dataset_id": {"type": "string"},
+                    "options": {"type": "string", "example": "{}"},
+                    "finetune": {"type": "string"},
+                },
+            }},
+        },
+    }
+}
+
+
+def artifact_out(request: Request, job_id: str, a: Artifact) -> ArtifactOut:
+    """An artifact with its download URL."""
+    url = str(request.url_for("download_artifact", job_id=job_id, name=a.name))
+    return ArtifactOut(name=a.name, size=a.size, sha256=a.sha256, content_type=a.content_type, url=url)
+
+
+def job_out(request: Request, job: Job) -> JobOut:
+    """The public view of ``job``."""
+    return JobOut(
+        id=job.id, status=job.status, stage=job.stage, progress=job.progress, model_id=job.model_id,  # type: ignore[arg-type]
+        calibration_dataset_id=job.calibration_dataset_id, eval_dataset_id=job.eval_dataset_id,
+        method=job.method, spec=job.spec, error=job.error, result=job.result,
+        artifacts=[artifact_out(request, job.id, a) for a in job.artifacts], attempts=job.attempts,
+        cancel_requested=job.cancel_requested, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, heartbeat_at=job.heartbeat_at,
+    )
+
+
+def get_owned_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """The tenant's job ``job_id``; 404 when absent or owned by another tenant."""
+    row = session.get(Job, job_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise Problem(404, f"job '{job_id}' not found", "not-found")
+    return row
+
+
+def _accepted(request: Request, job: Job, status: int = 202) -> JSONResponse:
+    body = job_out(request, job).model_dump(mode="json")
+    location = str(request.url_for("get_job", job_id=job.id))
+    return JSONResponse(body, status_code=status, headers={"Location": location})
+
+
+def _existing_for_key(session: Session, tenant_id: str, key: str | None) -> Job | None:
+    if not key:
+        return None
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+
+
+def _validate_spec(session: Session, tenant_id: str, spec: JobSpec) -> None:
+    info = engine.method_info(spec.method)  # InputError -> 422 for unknown methods
+    if spec.calibration_dataset_id:
+        get_owned_dataset(session, tenant_id, spec.calibration_dataset_id)
+    elif info.get("needs_data"):
+        raise Problem(422, f"method '{spec.method}' needs calibration data: give calibration_dataset_id",
+                      "validation-error")
+    if spec.eval_dataset_id:
+        get_owned_dataset(session, tenant_id, spec.eval_dataset_id)
+    if spec.finetune:
+        server_side = {"train", "dataset", "checkpoint_dir"} & set(spec.finetune)
+        if server_side:
+            raise Problem(422, f"finetune options {sorted(server_side)} are set by the server; give the training "
+                               "data as finetune.dataset_id", "validation-error")
+        train_id = spec.finetune.get("dataset_id") or spec.calibration_dataset_id
+        if not train_id:
+            raise Problem(422, "finetune needs training data: give finetune.dataset_id (or a calibration "
+                               "dataset)", "validation-error")
+        get_owned_dataset(session, tenant_id, str(train_id))
+
+
+def _create_job(
+    request: Request, session: Session, settings: Settings, tenant_id: str, model_id: str, spec: JobSpec,
+    idempotency_key: str | None,
+) -> JSONResponse:
+    job = Job(
+        id=new_id("job"), tenant_id=tenant_id, model_id=model_id, method=spec.method,
+        calibration_dataset_id=spec.calibration_dataset_id, eval_dataset_id=spec.eval_dataset_id,
+        spec=spec.model_dump(mode="json", exclude={"calibration_dataset_id", "eval_dataset_id"}),
+        status="queued", progress=0.0, idempotency_key=idempotency_key, cancel_requested=False, attempts=0,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won the race
+        session.rollback()
+        existing = _existing_for_key(session, tenant_id, idempotency_key)
+        if existing is None:
+            raise
+        return _accepted(request, existing, 200)
+    try:
+        enqueue_job(settings, job.id)
+    except Exception as exc:  # broker down: the job must not stay queued forever
+        log.exception("could not enqueue job %s", job.id)
+        job.status, job.error, job.finished_at = "failed", f"could not enqueue the job: {exc}", utcnow()
+        session.commit()
+        raise Problem(503, "the job queue is unavailable; try again later", "queue-unavailable",
+                      job_id=job.id) from None
+    return _accepted(request, job)
+
+
+def _spec_from_form(fields: dict[str, str]) -> JobSpec:
+    data: dict[str, Any] = {}
+    for name in JobSpec.model_fields:
+        if name in fields and fields[name].strip() != "":
+            raw = fields[name].strip()
+            if name in JSON_FIELDS:
+                try:
+                    data[name] = json.loads(raw)
+                except json.JSONDecodeError:
+                    raise Problem(422, f"'{name}' must be JSON", "validation-error") from None
+            else:
+                data[name] = raw
+    if data.get("pruning_ratio") not in (None, "auto"):
+        data["pruning_ratio"] = _float(data["pruning_ratio"], "pruning_ratio")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_problem(exc) from None
+
+
+def _float(raw: str, name: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise Problem(422, f"'{name}' must be a number", "validation-error") from None
+
+
+def _validation_problem(exc: ValidationError) -> Problem:
+    errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
+    return Problem(422, detail, "validation-error", "Invalid request", errors=errors)
+
+
+@router.post("", status_code=202, response_model=JobOut, openapi_extra=SUBMIT_BODY, summary="Submit a job",
+             responses={200: {"description": "an earlier job with the same Idempotency-Key"},
+                        404: {"description": "model or dataset not found"}, 503: {"description": "queue down"}})
+async def submit_job(
+    request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep, tenant_id: TenantDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    """Queue a pruning job (JSON on an uploaded model, or multipart with the checkpoint in the same call).
+
+    With an ``Idempotency-Key`` header, repeating the request returns the job created the first time.
+    """
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await parse_multipart(request, settings.tmp_dir, {"file": settings.max_checkpoint_bytes},
+                                     settings.max_form_field_bytes)
+        try:
+            existing = _existing_for_key(session, tenant_id, idempotency_key)
+            if existing is not None:
+                return _accepted(request, existing, 200)
+            spec = _spec_from_form(form.fields)
+            _validate_spec(session, tenant_id, spec)
+            model = await create_model(form, tenant_id, session, settings, storage)
+        finally:
+            form.cleanup()
+        return await run_in_threadpool(_create_job, request, session, settings, tenant_id, model.id, spec,
+                                       idempotency_key)
+    if not ctype.startswith("application/json"):
+        raise Problem(415, "send application/json (job on an uploaded model) or multipart/form-data "
+                           "(checkpoint + job fields)", "unsupported-media-type")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise Problem(400, "request body is not valid JSON", "bad-json") from None
+    try:
+        req = JobCreate.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_problem(exc) from None
+    existing = _existing_for_key(session, tenant_id, idempotency_key)
+    if existing is not None:
+        same = existing.model_id == req.model_id and existing.spec == req.model_dump(
+            mode="json", exclude={"model_id", "calibration_dataset_id", "eval_dataset_id"})
+        if not same:
+            raise Problem(409, "this Idempotency-Key was used for a different request", "idempotency-conflict",
+                          job_id=existing.id)
+        return _accepted(request, existing, 200)
+    get_owned_model(session, tenant_id, req.model_id)
+    spec = JobSpec.model_validate(req.model_dump(exclude={"model_id"}))
+    await run_in_threadpool(_validate_spec, session, tenant_id, spec)
+    return await run_in_threadpool(_create_job, request, session, settings, tenant_id, req.model_id, spec,
+                                   idempotency_key)
+
+
+@router.get("", response_model=Page[JobOut], summary="List jobs")
+def list_jobs(request: Request, session: SessionDep, tenant_id: TenantDep, status: JobStatus | None = None,
+              cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 50) -> Page[JobOut]:
+    """The tenant's jobs, newest first, optionally only those with ``status``."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    rows, nxt = page_rows(list(session.scalars(paginate(stmt, Job, cursor, limit))), limit)
+    return Page[JobOut](items=[job_out(request, r) for r in rows], next_cursor=nxt)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Get a job")
+def get_job(job_id: str, request: Request, session: SessionDep, tenant_id: TenantDep) -> JobOut:
+    """Status, stage, progress, timestamps, error, the report and the artifacts of one job."""
+    return job_out(request, get_owned_job(session, tenant_id, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, summary="Cancel a job",
+             responses={409: {"description": "the job already finished"}})
+def cancel_job(job_id: str, request: Request, session: SessionDep, tenant_id: TenantDep) -> JobOut:
+    """A queued job is cancelled at once; a running one stops at its next stage or batch boundary."""
+    job = get_owned_job(session, tenant_id, job_id)
+    if job.status in TERMINAL_STATUSES:
+        raise Problem(409, f"job '{job_id}' already {job.status}", "conflict", job_status=job.status)
+    now = utcnow()
+    # compare-and-set, so a worker claiming the job concurrently cannot be overwritten
+    done = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now, error="cancelled by the user")
+    ).rowcount
+    if not done:
+        session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True))
+    session.commit()
+    session.refresh(job)
+    return job_out(request, job)
+
+
+def _snapshot(url: str, job_id: str) -> dict[str, Any] | None:
+    with session_factory(url)() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return None
+        return {"id": job.id, "status": job.status, "stage": job.stage, "progress": round(job.progress, 4),
+                "error": job.error}
+
+
+@router.get("/{job_id}/events", summary="Follow a job (server-sent events)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {"example": (
+                'event: progress\ndata: {"id": "job_...", "status": "running", "stage": "prune", '
+                '"progress": 0.4, "error": null}\n\n')}}}})
+async def job_events(job_id: str, request: Request, session: SessionDep, settings: SettingsDep,
+                     tenant_id: TenantDep) -> StreamingResponse:
+    """``progress`` events whenever status/stage/progress change, then one ``end`` event when it finishes."""
+    get_owned_job(session, tenant_id, job_id)
+    session.close()
+    url = settings.database_url
+
+    async def stream() -> AsyncIterator[str]:
+        last: dict[str, Any] | None = None
+        last_sent = time.monotonic()
+        yield "retry: 2000\n\n"
+        while True:
+            snap = await run_in_threadpool(_snapshot, url, job_id)
+            if snap is None:
+                yield 'event: end\ndata: {"status": "deleted"}\n\n'
+                return
+            if snap != last:
+                last, last_sent = snap, time.monotonic()
+                yield f"event: progress\ndata: {json.dumps(snap)}\n\n"
+            if snap["status"] in TERMINAL_STATUSES:
+                yield f"event: end\ndata: {json.dumps(snap)}\n\n"
+                return
+            if time.monotonic() - last_sent > 15:
+                last_sent = time.monotonic()
+                yield ": keep-alive\n\n"
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.5)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{job_id}/artifacts/{name}", name="download_artifact", summary="Download an artifact",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"description": "not found"}})
+def download_artifact(job_id: str, name: str, session: SessionDep, storage: StorageDep,
+                      tenant_id: TenantDep) -> StreamingResponse:
+    """Stream one artifact (model.pt2, model.onnx, weights.safetensors, plan.json, report.json, ...)."""
+    job = get_owned_job(session, tenant_id, job_id)
+    art = next((a for a in job.artifacts if a.name == name), None)
+    if art is None:
+        raise Problem(404, f"job '{job_id}' has no artifact '{name}'", "not-found")
+    return _stream_file(storage, art)
+
+
+def _stream_file(storage: Storage, art: Artifact) -> StreamingResponse:
+    try:
+        fh = storage.open(art.storage_key)
+    except FileNotFoundError:
+        raise Problem(410, f"artifact '{art.name}' is missing from storage", "gone") from None
+
+    def chunks() -> Any:
+        with fh:
+            while chunk := fh.read(1024 * 1024):
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type=art.content_type, headers={
+        "Content-Length": str(art.size),
+        "Content-Disposition": f'attachment; filename="{art.name}"',
+        "ETag": f'"{art.sha256}"',
+    })

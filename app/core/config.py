@@ -1,0 +1,73 @@
+"""One pydantic-settings ``Settings`` for the API, the worker and the CLI (environment prefix ``SIMPRUNE_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Service configuration. Every field can be set from ``SIMPRUNE_<NAME>`` (e.g. ``SIMPRUNE_DATABASE_URL``).
+
+    With nothing set, everything lives under ``DATA_DIR`` (default ``./data``): a SQLite database, an embedded
+    SQLite broker (Kombu's SQLAlchemy transport, no server needed) and the local artifact storage.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SIMPRUNE_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="Root for the database, broker, storage, temp files.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite:///DATA_DIR/simprune.db.")
+    broker_url: str = Field(default="", description="Celery broker URL; default sqla+sqlite:///DATA_DIR/broker.sqlite.")
+    queue: str = Field(default="prune", description="Celery queue the jobs go to.")
+    auth_enabled: bool = Field(default=True, description="Require `Authorization: Bearer <key>`.")
+    default_tenant: str = Field(default="default", description="Tenant used when auth is disabled.")
+
+    max_checkpoint_bytes: int = Field(default=512 * MiB, gt=0)
+    max_dataset_bytes: int = Field(default=2048 * MiB, gt=0)
+    max_dataset_entries: int = Field(default=200_000, gt=0, description="Max members in a dataset zip.")
+    max_dataset_uncompressed_bytes: int = Field(default=8192 * MiB, gt=0)
+    max_form_field_bytes: int = Field(default=64 * 1024, gt=0, description="Max size of one non-file form field.")
+    upload_chunk_bytes: int = Field(default=1 * MiB, gt=0)
+
+    job_time_limit_s: float = Field(default=6 * 3600.0, gt=0, description="A running job is failed after this.")
+    progress_interval_s: float = Field(default=0.5, ge=0, description="Min seconds between progress writes.")
+    cancel_check_interval_s: float = Field(default=1.0, ge=0, description="Min seconds between cancel checks.")
+    stale_job_after_s: float = Field(default=600.0, gt=0,
+                                     description="A running job without heartbeat this long may be re-claimed.")
+    device: str = Field(default="auto", description="Device the worker prunes on: auto, cpu, cuda, cuda:N.")
+    page_size_max: int = Field(default=100, gt=0)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'simprune.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        return self
+
+    @property
+    def storage_dir(self) -> Path:
+        """Where LocalStorage keeps checkpoints, datasets and artifacts."""
+        return self.data_dir / "storage"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space for uploads in flight and job outputs before they are stored."""
+        return self.data_dir / "tmp"
+
+    def ensure_dirs(self) -> None:
+        """Create the data, storage and temp directories (and the SQLite parent directories)."""
+        for d in (self.data_dir, self.storage_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (call ``get_settings.cache_clear()`` after changing the environment)."""
+    return Settings()

@@ -1,0 +1,157 @@
+"""Request and response bodies of the API (pydantic), with the examples shown in the OpenAPI docs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+T = TypeVar("T")
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+EXPORTS = ("pt2", "onnx", "safetensors")
+
+
+class ModelOut(BaseModel):
+    """An uploaded checkpoint."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={"examples": [{
+            "id": "mdl_0d1f2e3c4b5a69788796a5b4", "arch": "cifar_resnet56", "num_classes": 10,
+            "in_channels": 3, "input_size": [3, 32, 32], "params": 853018, "flops": 125485706,
+            "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "size": 3440128,
+            "filename": "resnet56.safetensors", "mean": None, "std": None, "created_at": "2026-11-22T10:00:00Z",
+        }]},
+    )
+
+    id: str
+    arch: str
+    num_classes: int
+    in_channels: int
+    input_size: list[int]
+    params: int
+    flops: int
+    sha256: str
+    size: int
+    filename: str
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    created_at: datetime
+
+
+class DatasetOut(BaseModel):
+    """An uploaded dataset."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={"examples": [{
+            "id": "dst_5b4a69788796a5b40d1f2e3c", "format": "npz", "samples": 512, "classes": 10,
+            "class_names": None, "sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+            "size": 1573120, "filename": "calib.npz", "created_at": "2026-11-22T10:00:00Z",
+        }]},
+    )
+
+    id: str
+    format: str
+    samples: int
+    classes: int
+    class_names: list[str] | None = None
+    sha256: str
+    size: int
+    filename: str
+    created_at: datetime
+
+
+class JobSpec(BaseModel):
+    """How to prune. Give exactly one of ``target_flops_reduction`` and ``pruning_ratio``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(description="A name from GET /v1/methods.", examples=["l1"])
+    target_flops_reduction: float | None = Field(
+        default=None, gt=0, lt=1, description="Fraction of FLOPs to remove (0.5 = half).")
+    pruning_ratio: float | Literal["auto"] | None = Field(
+        default=None, description="Fraction of channels to remove per prunable group, in [0, 1), or 'auto'.")
+    calibration_dataset_id: str | None = Field(default=None, description="Dataset for data-driven methods.")
+    eval_dataset_id: str | None = Field(default=None, description="Dataset to measure accuracy before/after.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Method options (see GET /v1/methods).")
+    finetune: dict[str, Any] | None = Field(default=None, description="Fine-tuning settings (needs eval data).")
+    allocation: Literal["uniform", "global"] = "uniform"
+    round_to: int | None = Field(default=None, ge=1)
+    compensation: dict[str, bool] | None = None
+    calib_samples: int = Field(default=1024, ge=1)
+    eval_samples: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=128, ge=1, le=4096)
+    seed: int = 0
+    exports: list[Literal["pt2", "onnx", "safetensors"]] = Field(default_factory=lambda: list(EXPORTS))
+
+    @model_validator(mode="after")
+    def _one_target(self) -> JobSpec:
+        if (self.target_flops_reduction is None) == (self.pruning_ratio is None):
+            raise ValueError("give exactly one of target_flops_reduction and pruning_ratio")
+        if isinstance(self.pruning_ratio, float) and not 0 <= self.pruning_ratio < 1:
+            raise ValueError("pruning_ratio must be in [0, 1) or 'auto'")
+        return self
+
+
+class JobCreate(JobSpec):
+    """A job on an uploaded model (JSON body of POST /v1/jobs)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{
+            "model_id": "mdl_0d1f2e3c4b5a69788796a5b4", "method": "qsfm", "target_flops_reduction": 0.5,
+            "calibration_dataset_id": "dst_5b4a69788796a5b40d1f2e3c", "options": {},
+        }]},
+    )
+
+    model_id: str
+
+
+class ArtifactOut(BaseModel):
+    """A file produced by a succeeded job."""
+
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+    url: str
+
+
+class JobOut(BaseModel):
+    """A job's state; ``result`` is the engine's report once it succeeded."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "job_8796a5b40d1f2e3c4b5a6978", "status": "running", "stage": "prune", "progress": 0.42,
+        "model_id": "mdl_0d1f2e3c4b5a69788796a5b4", "method": "l1", "spec": {"target_flops_reduction": 0.5},
+        "error": None, "result": None, "artifacts": [], "attempts": 1, "cancel_requested": False,
+        "created_at": "2026-11-22T10:00:00Z", "started_at": "2026-11-22T10:00:01Z", "finished_at": None,
+        "heartbeat_at": "2026-11-22T10:00:09Z",
+    }]})
+
+    id: str
+    status: JobStatus
+    stage: str | None
+    progress: float
+    model_id: str | None
+    calibration_dataset_id: str | None = None
+    eval_dataset_id: str | None = None
+    method: str
+    spec: dict[str, Any]
+    error: str | None
+    result: dict[str, Any] | None
+    artifacts: list[ArtifactOut]
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; pass ``next_cursor`` as ``cursor`` to get the next one (null at the end)."""
+
+    items: list[T]
+    next_cursor: str | None = None

@@ -1,0 +1,130 @@
+"""The ONLY place the service touches the pruning engine. Every torch-using import happens inside a function,
+so importing the API (or this module) stays fast and light; the first call pays the import."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from simprune.errors import InputError
+
+
+@lru_cache(maxsize=1)
+def list_architectures() -> tuple[dict[str, Any], ...]:
+    """Every registered architecture as a dict (``ArchInfo.to_dict()``)."""
+    from simprune.zoo import list_archs
+
+    return tuple(a.to_dict() for a in list_archs())
+
+
+@lru_cache(maxsize=1)
+def list_methods() -> tuple[dict[str, Any], ...]:
+    """Every pruning criterion: name, summary, needs_data, options."""
+    from simprune.criteria import list_criteria
+
+    return tuple(list_criteria())
+
+
+def method_info(name: str) -> dict[str, Any]:
+    """The description of method ``name``; :class:`InputError` listing the valid names when unknown."""
+    methods = {m["name"]: m for m in list_methods()}
+    if name not in methods:
+        raise InputError(f"unknown method '{name}'; choose one of: {', '.join(sorted(methods))}")
+    return methods[name]
+
+
+def arch_info(name: str) -> dict[str, Any]:
+    """The description of architecture ``name``; :class:`InputError` listing the valid names when unknown."""
+    archs = {a["name"]: a for a in list_architectures()}
+    if name not in archs:
+        raise InputError(f"unknown architecture '{name}'; choose one of: {', '.join(sorted(archs))}")
+    return archs[name]
+
+
+def inspect_checkpoint(
+    path: Path,
+    arch: str,
+    num_classes: int | None = None,
+    input_size: tuple[int, ...] | None = None,
+    max_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Safely load ``path``, build it into ``arch`` and count it.
+
+    Returns ``{arch, num_classes, in_channels, input_size, params, flops}``. Raises :class:`InputError`
+    (or :class:`UnsafeInputError`) when the file is not a safe state_dict or does not fit the architecture.
+    """
+    import torch
+
+    from simprune.checkpoint import load_state_dict
+    from simprune.flops import count_model
+    from simprune.zoo import build_for_state_dict
+
+    info = arch_info(arch)
+    kwargs = {"max_bytes": max_bytes} if max_bytes else {}
+    sd = load_state_dict(path, **kwargs)
+    in_channels = int(input_size[0]) if input_size else None
+    model = build_for_state_dict(arch, sd, num_classes=num_classes, in_channels=in_channels)
+    if input_size is None:
+        first = next((m for m in model.modules() if hasattr(m, "in_channels")), None)
+        in_ch = int(getattr(first, "in_channels", info["in_channels"]))
+        input_size = (in_ch, *info["input_size"][1:])
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    nc = int(last[-1].out_features) if last else int(num_classes or info["num_classes"])
+    try:
+        counts = count_model(model, torch.zeros(1, *input_size))
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"the model does not run on inputs of size {list(input_size)}: {exc}") from None
+    return {
+        "arch": arch,
+        "num_classes": nc,
+        "in_channels": int(input_size[0]),
+        "input_size": [int(x) for x in input_size],
+        "params": int(counts["params"]),
+        "flops": int(counts["flops"]),
+    }
+
+
+def inspect_dataset(path: Path, max_entries: int, max_uncompressed_bytes: int) -> dict[str, Any]:
+    """``{samples, classes, class_names, format}`` of a dataset file; InputError/UnsafeInputError if bad.
+
+    Zip archives are first checked without extracting (entry count, declared sizes, ratios, unsafe paths).
+    """
+    import zipfile
+
+    from simprune.archive import DATASET_MAX_ENTRY_BYTES, DATASET_MAX_RATIO, check_zip
+
+    if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
+        check_zip(path, max_entries=max_entries, max_total_bytes=max_uncompressed_bytes,
+                  max_entry_bytes=min(DATASET_MAX_ENTRY_BYTES, max_uncompressed_bytes),
+                  max_ratio=DATASET_MAX_RATIO)
+    from simprune.data import inspect_dataset as _inspect
+
+    return dict(_inspect(path))
+
+
+def make_prune_job(**fields: Any) -> Any:
+    """A :class:`simprune.pipeline.PruneJob` from keyword fields."""
+    from simprune.pipeline import PruneJob
+
+    return PruneJob(**fields)
+
+
+def run_prune_job(
+    job: Any,
+    out_dir: Path,
+    progress: Callable[[str, float], None],
+    should_cancel: Callable[[], bool],
+) -> dict[str, Any]:
+    """Run the engine's end-to-end job (see :func:`simprune.pipeline.run_prune_job`)."""
+    from simprune.pipeline import run_prune_job as _run
+
+    return _run(job, out_dir, progress=progress, should_cancel=should_cancel)
+
+
+def job_cancelled_type() -> type[BaseException]:
+    """The engine's cancellation exception class."""
+    from simprune.errors import JobCancelled
+
+    return JobCancelled

@@ -1,0 +1,365 @@
+"""Latency of dense vs pruned models, and how much of the FLOPs reduction turns into real speed.
+
+For each architecture the dense model is pruned to the same FLOPs target by simprune (``simprune.prune``,
+L1 criterion) and, side by side, by Torch-Pruning's own ``MetaPruner`` with ``MagnitudeImportance(p=1)``
+(its uniform ``pruning_ratio`` bisected until the FLOPs target is met), each with and without
+``round_to``. All variants are then timed interleaved (round-robin, order rotated every round, so drift
+and background load hit every variant alike) after a warm-up, under ``torch.inference_mode``, with a fixed
+``torch.set_num_threads`` (``--threads``, default 1: a single thread is the most stable measurement on a
+shared machine; pass the core count for throughput figures). Reported per row:
+
+* ``flops_ratio`` = dense MACs / pruned MACs (counted by ``torch_pruning.utils.count_ops_and_params`` for
+  every variant, so the ratios are comparable; simprune's own report is kept in ``report_flops_ratio``),
+* ``speedup`` = median dense latency / median pruned latency,
+* ``efficiency`` = speedup / flops_ratio (1.0: latency falls exactly as FLOPs do).
+
+Usage::
+
+    python bench/latency.py --out bench_latency.json                   # full run (slow for resnet50 b32)
+    python bench/latency.py --quick --out bench_latency.json           # fewer repeats
+    python bench/latency.py --archs cifar_resnet56 --batches 1 --channels-last --out r56.json
+
+Prints a markdown table and writes ``{"config": ..., "rows": [...]}`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+DEFAULT_ARCHS = ("cifar_resnet56", "resnet50")
+
+
+@dataclass
+class Variant:
+    """A model to time: the dense baseline or one pruned version of it."""
+
+    name: str  # "dense", "simprune", "torch-pruning"
+    round_to: int | None
+    model: nn.Module
+    macs: float
+    params: int
+    prune_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[float, int]:
+    """(MACs, parameters) of ``model`` on ``example`` with Torch-Pruning's counter."""
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    return float(macs), int(params)
+
+
+def ignored_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """Layers that must keep their output channels: the classifier, plus the layers the zoo model lists in
+    ``simprune_frozen_layers()`` (e.g. the residual-stream convs of an option-A CIFAR ResNet, whose
+    parameter-free padding shortcut Torch-Pruning cannot prune through)."""
+    frozen = set(getattr(model, "simprune_frozen_layers", list)())
+    return [
+        m
+        for name, m in model.named_modules()
+        if name in frozen
+        or (isinstance(m, nn.Linear) and m.out_features == num_classes)
+        or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)
+    ]
+
+
+def prune_torch_pruning(
+    dense: nn.Module,
+    example: torch.Tensor,
+    num_classes: int,
+    target_flops_reduction: float,
+    round_to: int | None,
+    tol: float = 0.01,
+    max_iter: int = 12,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Torch-Pruning's MetaPruner (L1 magnitude, uniform per-layer ratio) bisected to the FLOPs target."""
+    base_macs, _ = count_macs(dense, example)
+    target = base_macs * (1.0 - target_flops_reduction)
+    lo, hi = 0.0, 0.95
+    best: tuple[float, nn.Module, float] | None = None
+    for _ in range(max_iter):
+        ratio = (lo + hi) / 2
+        model = copy.deepcopy(dense)
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            ignored_layers=ignored_layers(model, num_classes),
+            round_to=round_to,
+        )
+        pruner.step()
+        macs, _ = count_macs(model, example)
+        if best is None or abs(macs - target) < abs(best[2] - target):
+            best = (ratio, model, macs)
+        if abs(macs - target) <= tol * base_macs:
+            break
+        if macs > target:
+            lo = ratio
+        else:
+            hi = ratio
+    assert best is not None
+    return best[1], {"pruning_ratio": round(best[0], 4)}
+
+
+def simprune_available() -> bool:
+    """Whether the engine's library call ``simprune.prune`` exists yet."""
+    try:
+        import simprune
+
+        return callable(getattr(simprune, "prune", None))
+    except Exception:  # the bench still measures Torch-Pruning without the engine
+        return False
+
+
+def prune_simprune(
+    dense: nn.Module, example: torch.Tensor, target_flops_reduction: float, round_to: int | None, method: str
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``simprune.prune`` on a copy of ``dense``."""
+    import simprune
+
+    pruned, report = simprune.prune(
+        copy.deepcopy(dense),
+        example,
+        method=method,
+        target_flops_reduction=target_flops_reduction,
+        round_to=round_to,
+    )
+    extra: dict[str, Any] = {}
+    if report.get("flops_before") and report.get("flops_after"):
+        extra["report_flops_ratio"] = round(report["flops_before"] / report["flops_after"], 4)
+    return pruned, extra
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(
+    models: list[nn.Module],
+    x: torch.Tensor,
+    warmup: int,
+    repeats: int,
+    budget_s: float,
+    device: torch.device,
+) -> list[list[float]]:
+    """Seconds per forward for each model, measured round-robin with rotating order.
+
+    After ``warmup`` untimed rounds, at most ``repeats`` timed rounds run, fewer (but at least 3) when one
+    round takes longer than ``budget_s / repeats``.
+    """
+    times: list[list[float]] = [[] for _ in models]
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for m in models:
+                m(x)
+        _sync(device)
+        n = repeats
+        r = 0
+        while r < n:
+            order = list(range(len(models)))
+            k = r % len(models)
+            order = order[k:] + order[:k]
+            t_round = time.perf_counter()
+            for i in order:
+                t0 = time.perf_counter()
+                models[i](x)
+                _sync(device)
+                times[i].append(time.perf_counter() - t0)
+            if r == 0:  # adapt the number of rounds to the time budget
+                per_round = time.perf_counter() - t_round
+                n = max(3, min(repeats, int(budget_s / max(per_round, 1e-9))))
+            r += 1
+    return times
+
+
+def build_variants(
+    arch: str,
+    round_tos: list[int | None],
+    methods: list[str],
+    target: float,
+    sp_method: str,
+    log: Callable[[str], None],
+) -> tuple[list[Variant], tuple[int, ...], int]:
+    """Dense + pruned variants of ``arch`` (random init), the input size (C, H, W) and the class count."""
+    from simprune.zoo import build_model, get_arch
+
+    info = get_arch(arch)
+    torch.manual_seed(0)
+    dense = build_model(arch).eval()
+    example = torch.randn(1, *info.input_size)
+    macs, params = count_macs(dense, example)
+    variants = [Variant("dense", None, dense, macs, params)]
+    for method in methods:
+        for rt in round_tos:
+            t0 = time.perf_counter()
+            if method == "simprune":
+                pruned, extra = prune_simprune(dense, example, target, rt, sp_method)
+            else:
+                pruned, extra = prune_torch_pruning(dense, example, info.num_classes, target, rt)
+            dt = time.perf_counter() - t0
+            pruned = pruned.to("cpu").eval()
+            with torch.inference_mode():
+                out = pruned(example)
+            if out.shape != (1, info.num_classes):
+                raise RuntimeError(f"{method} pruned {arch} outputs {tuple(out.shape)}")
+            p_macs, p_params = count_macs(pruned, example)
+            variants.append(Variant(method, rt, pruned, p_macs, p_params, dt, extra))
+            log(f"  {arch} {method} round_to={rt}: FLOPs ratio {macs / p_macs:.3f} (pruned in {dt:.1f}s)")
+    return variants, tuple(info.input_size), info.num_classes
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark described by ``args``; returns the json document."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    log = (lambda s: None) if args.silent else (lambda s: print(s, file=sys.stderr, flush=True))
+    methods = [m for m in args.methods if m != "simprune" or simprune_available()]
+    if "simprune" in args.methods and "simprune" not in methods:
+        log("simprune.prune is not available: measuring Torch-Pruning only")
+    round_tos = [None if r in ("none", "None", "0") else int(r) for r in args.round_to]
+    formats = ["contiguous", "channels_last"] if args.channels_last else ["contiguous"]
+    rows: list[dict[str, Any]] = []
+    for arch in args.archs:
+        log(f"{arch}: pruning")
+        variants, input_size, _ = build_variants(arch, round_tos, methods, args.target, args.method, log)
+        for fmt in formats:
+            mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+            models = [copy.deepcopy(v.model).to(device, memory_format=mf).eval() for v in variants]
+            for batch in args.batches:
+                x = torch.randn(batch, *input_size, device=device).to(memory_format=mf)
+                log(f"{arch} {fmt} batch {batch}: timing {len(models)} models")
+                times = time_round_robin(models, x, args.warmup, args.repeats, args.budget_s, device)
+                dense_ms = statistics.median(times[0]) * 1e3
+                for v, ts in zip(variants, times, strict=True):
+                    ms = statistics.median(ts) * 1e3
+                    flops_ratio = variants[0].macs / v.macs
+                    speedup = dense_ms / ms
+                    rows.append(
+                        {
+                            "arch": arch,
+                            "batch": batch,
+                            "memory_format": fmt,
+                            "variant": v.name,
+                            "round_to": v.round_to,
+                            "gmacs": round(v.macs / 1e9, 4),
+                            "params_m": round(v.params / 1e6, 4),
+                            "flops_ratio": round(flops_ratio, 4),
+                            "latency_ms": round(ms, 3),
+                            "latency_iqr_ms": round(_iqr(ts) * 1e3, 3),
+                            "latency_min_ms": round(min(ts) * 1e3, 3),
+                            "runs": len(ts),
+                            "speedup": round(speedup, 4),
+                            "efficiency": round(speedup / flops_ratio, 4),
+                            "prune_s": round(v.prune_s, 2),
+                            **v.extra,
+                        }
+                    )
+            del models
+    return {"config": _config(args, methods), "rows": rows}
+
+
+def _iqr(xs: list[float]) -> float:
+    if len(xs) < 4:
+        return max(xs) - min(xs)
+    q = statistics.quantiles(xs, n=4)
+    return q[2] - q[0]
+
+
+def _config(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
+    cfg = {k: v for k, v in vars(args).items() if k not in ("out", "silent")}
+    cfg.update(
+        methods_run=methods,
+        torch=torch.__version__,
+        torch_pruning=tp.__version__,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        processor=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    return cfg
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """The rows as a markdown table."""
+    head = (
+        "| arch | batch | mem | variant | round_to | GMACs | FLOPs ratio | latency ms (IQR) "
+        "| speedup | efficiency |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in doc["rows"]:
+        eff = "-" if r["variant"] == "dense" else f"{r['efficiency']:.0%}"
+        lines.append(
+            f"| {r['arch']} | {r['batch']} | {r['memory_format']} | {r['variant']} | {r['round_to'] or '-'} "
+            f"| {r['gmacs']:.3f} | {r['flops_ratio']:.2f} "
+            f"| {r['latency_ms']:.2f} ({r['latency_iqr_ms']:.2f}) "
+            f"| {r['speedup']:.2f} | {eff} |"
+        )
+    c = doc["config"]
+    lines.append("")
+    lines.append(
+        f"threads={c['threads']}, torch {c['torch']}, torch-pruning {c['torch_pruning']}, "
+        f"{c['processor']} ({c['cpu_count']} CPUs), target FLOPs reduction {c['target']:.0%}"
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), help="zoo architecture names")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--round-to", nargs="+", default=["none", "8"], help="round_to values ('none' = off)")
+    p.add_argument(
+        "--methods", nargs="+", default=["simprune", "torch-pruning"], choices=["simprune", "torch-pruning"]
+    )
+    p.add_argument("--method", default="l1", help="simprune criterion")
+    p.add_argument("--target", type=float, default=0.5, help="target FLOPs reduction (0.5 = half the FLOPs)")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (fixed for the whole run)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=30, help="max timed rounds per (arch, batch)")
+    p.add_argument("--budget-s", type=float, default=60.0, help="time budget per (arch, batch, format) cell")
+    p.add_argument("--quick", action="store_true", help="warmup 2, at most 7 rounds, 20 s budget per cell")
+    p.add_argument("--channels-last", action="store_true", help="also time every model in channels_last")
+    p.add_argument("--out", type=Path, default=None, help="json file for the results")
+    p.add_argument("--silent", action="store_true", help="no progress on stderr")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.warmup, args.repeats, args.budget_s = 2, min(args.repeats, 7), min(args.budget_s, 20.0)
+    if not 0.0 < args.target < 1.0 or math.isnan(args.target):
+        p.error("--target must be in (0, 1)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: measure, print the markdown table, write ``--out``."""
+    args = parse_args(argv)
+    doc = measure(args)
+    table = markdown_table(doc)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**doc, "markdown": table}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

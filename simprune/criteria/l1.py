@@ -1,0 +1,27 @@
+"""``l1``: filter L1 norm (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017).
+
+The filters with the smallest sum of absolute weights are pruned first. Works on conv weights of any kernel
+size (depthwise/grouped included) and on Linear weights (rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from simprune.criteria._similarity import ScoreCriterion, flat_filters
+from simprune.criteria.base import ChannelGroup, register_criterion
+
+
+@register_criterion
+@dataclass
+class L1Norm(ScoreCriterion):
+    """Score = ||W[j]||_1; lowest is pruned."""
+
+    name = "l1"
+    needs_data = False
+    summary = "Filter L1 norm (Li et al. 2017): smallest-norm filters are pruned."
+
+    def scores(self, group: ChannelGroup) -> torch.Tensor:
+        return flat_filters(group.weight).abs().sum(dim=1).float().cpu()

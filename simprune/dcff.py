@@ -1,0 +1,394 @@
+"""DCFF: dynamic-coded filter fusion (Lin et al., arXiv 2107.06916; reference code github.com/lmbxmu/DCFF).
+
+A training-time method, implemented as ``../shared/METHODS.md`` specifies. For a conv layer with C filters
+and m = floor(C * (1 - r)) kept:
+
+- D[j, k] = ||F_j - F_k||_2 between flattened filters;
+- temperature T(e) = T_s + (T_e - T_s) * tanh(k e / 2) / tanh(k E / 2) (T_s = 1, T_e = 1e4, k = 1,
+  e = current epoch, E = total epochs);
+- p_j = softmax_k(-D[j, k] * T); KL[j, k] = mean_i p_j(i) log(p_j(i) / (p_k(i) + 1e-7));
+  score_j = sum_k KL[j, k]; the m highest scores are kept (the previous epoch's choice when a score is
+  not finite; at the first epoch, where there is none, 0 log 0 is taken as 0);
+- the compact layer's weight is P @ W (bias P @ b) with P (m x C) the kept filters' distributions,
+  recomputed from detached weights at the start of every epoch; gradients reach all C filters.
+
+The network is physically compact while it trains: a :class:`FusedConv2d` holds the full (C-filter) weight
+and emits m channels, and Torch-Pruning's dependency graph shrinks what consumes them (the following
+BatchNorm to m, the next conv's or linear's input channels to m). Only layers whose output channels feed
+nothing else that must stay aligned are eligible (inner channels of residual blocks, plain chains such as
+VGG); layers named by a model's ``simprune_frozen_layers()`` are never touched. Afterwards the fused
+weights are materialised into ordinary ``nn.Conv2d`` layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from torch.utils.data import Dataset
+
+from simprune.errors import InputError
+from simprune.finetune import FinetuneConfig, FinetuneProgressFn, FinetuneResult, finetune, pick_device
+
+T_START = 1.0
+T_END = 1e4
+T_K = 1.0
+KL_EPS = 1e-7
+
+
+def dcff_temperature(epoch: float, epochs: int, t_start: float = T_START, t_end: float = T_END,
+                     k: float = T_K) -> float:
+    """T(e) = T_s + (T_e - T_s) * tanh(k e / 2) / tanh(k E / 2)."""
+    if epochs < 1:
+        raise InputError("DCFF needs at least one epoch")
+    return t_start + (t_end - t_start) * math.tanh(k * epoch / 2.0) / math.tanh(k * epochs / 2.0)
+
+
+def dcff_distributions(weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row j: p_j = softmax_k(-||F_j - F_k||_2 * T), in float64 (C x C)."""
+    w = weight.detach().reshape(weight.shape[0], -1).double()
+    dist = torch.cdist(w.unsqueeze(0), w.unsqueeze(0), compute_mode="donot_use_mm_for_euclid_dist")[0]
+    return torch.softmax(-dist * temperature, dim=1)
+
+
+def dcff_scores(weight: torch.Tensor, temperature: float, *, zero_log_zero: bool = False) -> torch.Tensor:
+    """score_j = sum_k mean_i p_j(i) log(p_j(i) / (p_k(i) + 1e-7)), float64, length C.
+
+    Computed as (sum_i p_j log p_j - sum_i p_j log(p_k + eps)) / C, which has the same non-finite pattern
+    as the direct formula (a zero probability gives NaN) unless ``zero_log_zero`` takes 0 log 0 = 0.
+    """
+    p = dcff_distributions(weight, temperature)
+    c = p.shape[1]
+    neg_entropy = torch.xlogy(p, p).sum(1) if zero_log_zero else (p * torch.log(p)).sum(1)
+    cross = p @ torch.log(p + KL_EPS).T  # cross[j, k] = sum_i p_j(i) log(p_k(i) + eps)
+    kl = (neg_entropy[:, None] - cross) / c
+    return kl.sum(1)
+
+
+def _assign_rows(keep: torch.Tensor, prev_keep: torch.Tensor | None) -> torch.Tensor:
+    """Order the kept set so filters kept before stay on their rows; new ones fill the freed rows."""
+    new = sorted(int(i) for i in keep)
+    if prev_keep is None or prev_keep.numel() != len(new):
+        return torch.tensor(new, dtype=torch.long)
+    prev = [int(i) for i in prev_keep]
+    new_set, prev_set = set(new), set(prev)
+    fresh = iter(i for i in new if i not in prev_set)
+    rows = [i if i in new_set else next(fresh) for i in prev]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def dcff_select(
+    weight: torch.Tensor, m: int, temperature: float, prev_keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept filter indices (length m) and the fusion matrix P (m x C, rows = the kept filters' p_j).
+
+    Indices are ascending, or, with ``prev_keep``, ordered so that filters kept in the previous epoch keep
+    their rows. If any score is not finite the previous choice is kept (first epoch: 0 log 0 := 0).
+    ``P`` has ``weight``'s dtype and device.
+    """
+    c = weight.shape[0]
+    if not 1 <= m <= c:
+        raise InputError(f"DCFF needs 1 <= kept <= {c}, got {m}")
+    scores = dcff_scores(weight, temperature)
+    if torch.isfinite(scores).all():
+        keep = torch.sort(scores, descending=True, stable=True).indices[:m]
+    elif prev_keep is not None:
+        keep = prev_keep.detach().cpu().long()
+    else:
+        scores = dcff_scores(weight, temperature, zero_log_zero=True)
+        keep = torch.sort(torch.nan_to_num(scores, nan=-math.inf), descending=True, stable=True).indices[:m]
+    rows = _assign_rows(keep.cpu(), None if prev_keep is None else prev_keep.detach().cpu())
+    p = dcff_distributions(weight, temperature)[rows]
+    return rows.to(weight.device), p.to(dtype=weight.dtype, device=weight.device)
+
+
+class FusedConv2d(nn.Module):
+    """A conv emitting m fused channels from its C full filters: weight ``P @ W``, bias ``P @ b``.
+
+    ``weight`` (C, C_in, kh, kw) is trainable; ``fusion`` (m, C) and ``keep`` (m,) are buffers refreshed
+    by :meth:`refresh` once per epoch from the detached weight.
+    """
+
+    def __init__(self, conv: nn.Conv2d, keep: torch.Tensor, fusion: torch.Tensor) -> None:
+        super().__init__()
+        if conv.groups != 1 or conv.padding_mode != "zeros":
+            raise InputError("DCFF fuses plain convolutions (groups=1, zero padding) only")
+        self.weight = nn.Parameter(conv.weight.detach().clone())
+        self.bias = nn.Parameter(conv.bias.detach().clone()) if conv.bias is not None else None
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.register_buffer("keep", keep.detach().clone().long())
+        self.register_buffer("fusion", fusion.detach().clone().to(conv.weight.dtype))
+
+    @property
+    def kept(self) -> int:
+        return int(self.fusion.shape[0])
+
+    def fused_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The compact layer's (weight, bias): ``P @ W`` and ``P @ b``."""
+        w = (self.fusion @ self.weight.flatten(1)).view(self.kept, *self.weight.shape[1:])
+        b = self.fusion @ self.bias if self.bias is not None else None
+        return w, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.fused_weight()
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
+
+    @torch.no_grad()
+    def refresh(self, temperature: float) -> None:
+        """Recompute the kept set and P at ``temperature`` from the detached weight."""
+        keep, p = dcff_select(self.weight, self.kept, temperature, prev_keep=self.keep)
+        self.keep.copy_(keep)
+        self.fusion.copy_(p)
+
+    @torch.no_grad()
+    def to_conv(self) -> nn.Conv2d:
+        """An ordinary ``nn.Conv2d`` computing exactly this layer's current output."""
+        w, b = self.fused_weight()
+        conv = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=self.stride, padding=self.padding,
+                         dilation=self.dilation, bias=b is not None, device=w.device, dtype=w.dtype)
+        conv.weight.copy_(w)
+        if b is not None:
+            conv.bias.copy_(b)
+        return conv
+
+    def extra_repr(self) -> str:
+        c, cin, kh, kw = self.weight.shape
+        return f"{cin}, {self.kept} (fused from {c}), kernel_size=({kh}, {kw}), stride={self.stride}"
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+def _frozen(model: nn.Module) -> set[str]:
+    fn = getattr(model, "simprune_frozen_layers", None)
+    return set(fn()) if callable(fn) else set()
+
+
+def _group_ok(dg: tp.DependencyGraph, group: Any, conv: nn.Module, frozen_mods: set[int]) -> bool:
+    """True when pruning ``conv``'s outputs touches only norms, parameter-free ops and consumers' inputs."""
+    for item in group:
+        dep = item.dep
+        mod = dep.target.module
+        if dep.target.type == tp.ops.OPTYPE.PARAMETER:
+            return False
+        if not dg.is_out_channel_pruning_fn(dep.handler):
+            continue  # input channels of a consumer (conv / linear / norm)
+        if mod is conv:
+            continue
+        if id(mod) in frozen_mods:
+            return False
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)):
+            if isinstance(mod, nn.GroupNorm):
+                return False  # group count would break
+            continue
+        if any(True for _ in mod.parameters(recurse=False)):
+            return False  # another parameterised layer's outputs are coupled (residual sum, depthwise, ...)
+    return True
+
+
+def dcff_eligible_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Names of the convs DCFF can fuse in ``model`` (plain convs whose outputs are not coupled/frozen)."""
+    dg, _ = _build_graph(model, example_input)
+    frozen = _frozen(model)
+    frozen_mods = {id(model.get_submodule(n)) for n in frozen}
+    names = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Conv2d) or name in frozen or mod.groups != 1 or mod.padding_mode != "zeros":
+            continue
+        if mod.out_channels < 2:
+            continue
+        group = dg.get_pruning_group(mod, tp.prune_conv_out_channels, [0])
+        if _group_ok(dg, group, mod, frozen_mods):
+            names.append(name)
+    return names
+
+
+def _build_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[tp.DependencyGraph, bool]:
+    was_training = model.training
+    model.eval()
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+    except Exception as exc:  # tracing failures surface as arbitrary errors
+        raise InputError(f"could not trace the model for DCFF: {exc}") from exc
+    finally:
+        model.train(was_training)
+    return dg, was_training
+
+
+def prepare_dcff(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ratios: dict[str, float],
+    *,
+    temperature: float = T_START,
+) -> dict[str, FusedConv2d]:
+    """Turn ``model`` (in place) into the compact training network: each named conv becomes a
+    :class:`FusedConv2d` with floor(C * (1 - r)) outputs and its consumers shrink to match."""
+    dg, _ = _build_graph(model, example_input)
+    frozen = _frozen(model)
+    frozen_mods = {id(model.get_submodule(n)) for n in frozen}
+    plans: list[tuple[str, nn.Conv2d, int]] = []
+    for name, r in ratios.items():
+        try:
+            conv = model.get_submodule(name)
+        except AttributeError as exc:
+            raise InputError(f"DCFF layer {name!r} is not in the model") from exc
+        if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or name in frozen:
+            raise InputError(f"DCFF cannot fuse layer {name!r} (plain, non-frozen Conv2d required)")
+        if not 0.0 <= r < 1.0:
+            raise InputError(f"pruning ratio for {name!r} must be in [0, 1), got {r}")
+        m = max(1, math.floor(conv.out_channels * (1.0 - r)))
+        if m < conv.out_channels:
+            plans.append((name, conv, m))
+    for name, conv, _m in plans:
+        group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, [0])
+        if not _group_ok(dg, group, conv, frozen_mods):
+            raise InputError(f"DCFF cannot fuse layer {name!r}: its output channels are coupled to other "
+                             "layers (residual sum, depthwise conv or a frozen layer)")
+    # Choose every layer's initial kept set on the original weights, then shrink the consumers. A target's
+    # own output rows are never removed (it keeps all C filters); its input channels shrink when its
+    # producer is also a target.
+    choices = {}
+    for name, conv, m in plans:
+        keep, _ = dcff_select(conv.weight, m, temperature)
+        choices[name] = keep
+    for name, conv, _m in plans:
+        keep = set(int(i) for i in choices[name])
+        removed = [i for i in range(conv.out_channels) if i not in keep]
+        group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, removed)
+        for item in group:
+            if item.dep.target.module is conv and dg.is_out_channel_pruning_fn(item.dep.handler):
+                continue
+            item.dep(item.idxs)
+    fused: dict[str, FusedConv2d] = {}
+    for name, conv, _m in plans:
+        # The consumers kept the inputs of ``choices[name]`` in ascending order; P's rows follow it. The
+        # weight's input channels may have shrunk meanwhile (its producer is a target too), so P is
+        # recomputed on the weight the layer will train.
+        keep = torch.sort(choices[name]).values
+        p = dcff_distributions(conv.weight, temperature)[keep.cpu()].to(conv.weight)
+        layer = FusedConv2d(conv, keep, p)
+        _set_module(model, name, layer)
+        fused[name] = layer
+    return fused
+
+
+def materialise_dcff(model: nn.Module) -> nn.Module:
+    """Replace every :class:`FusedConv2d` in ``model`` (in place) by an equivalent ``nn.Conv2d``."""
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, FusedConv2d):
+            _set_module(model, name, mod.to_conv())
+    return model
+
+
+def dcff_default_config(epochs: int = 300) -> FinetuneConfig:
+    """The paper's CIFAR recipe: SGD momentum 0.9, lr 0.1 (x0.1 at 50% and 75%), wd 5e-4, batch 256."""
+    return FinetuneConfig(epochs=epochs, lr=0.1, batch_size=256, optimizer="sgd", weight_decay=5e-4,
+                          momentum=0.9, schedule="step", milestones=(0.5, 0.75), gamma=0.1, warmup_frac=0.0,
+                          distill=False)
+
+
+def dcff_train(
+    model: nn.Module,
+    train_ds: Dataset,
+    *,
+    pruning_ratio: float | None = None,
+    per_layer_ratios: dict[str, float] | None = None,
+    epochs: int | None = None,
+    config: FinetuneConfig | None = None,
+    layers: Sequence[str] | None = None,
+    teacher: nn.Module | None = None,
+    eval_ds: Dataset | None = None,
+    device: torch.device | str | None = None,
+    progress: FinetuneProgressFn | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    t_start: float = T_START,
+    t_end: float = T_END,
+    k: float = T_K,
+    example_input: torch.Tensor | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train a DCFF-compact copy of ``model`` and return it as a plain network plus a report.
+
+    Ratios: ``per_layer_ratios`` (layer name -> ratio), or ``pruning_ratio`` applied to ``layers`` (default:
+    every eligible conv, see :func:`dcff_eligible_layers`). ``config`` defaults to
+    :func:`dcff_default_config`; ``epochs`` overrides its epoch count. The report has, per layer, the
+    channel counts and kept indices of every epoch, the temperatures used and the training history.
+    ``model`` itself is not modified; the result has standard Conv2d/BatchNorm layers of the compact sizes.
+    """
+    config = copy.deepcopy(config) if config is not None else dcff_default_config(epochs or 300)
+    if epochs is not None:
+        config.epochs = epochs
+    config.validate()
+    dev = pick_device(device)
+    if example_input is None:
+        if len(train_ds) == 0:  # type: ignore[arg-type]
+            raise InputError("training dataset is empty")
+        example_input = train_ds[0][0].unsqueeze(0)
+    net = copy.deepcopy(model).to(dev)
+    example_input = example_input.to(dev)
+    if per_layer_ratios is None:
+        if pruning_ratio is None:
+            raise InputError("DCFF needs pruning_ratio or per_layer_ratios")
+        names = list(layers) if layers is not None else dcff_eligible_layers(net, example_input)
+        if not names:
+            raise InputError("DCFF found no layer it can fuse in this model")
+        per_layer_ratios = {n: float(pruning_ratio) for n in names}
+    fused = prepare_dcff(net, example_input, per_layer_ratios,
+                         temperature=dcff_temperature(0, config.epochs, t_start, t_end, k))
+    if not fused:
+        raise InputError("the requested ratios keep every channel; nothing to fuse")
+
+    history: dict[str, list[list[int]]] = {n: [] for n in fused}
+    temperatures: list[float] = []
+    if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file():
+        try:
+            extra = json.loads((Path(checkpoint_dir) / "state.json").read_text()).get("extra", {})
+        except (OSError, ValueError):
+            extra = {}
+        for n, rows in extra.get("keep_per_epoch", {}).items():
+            if n in history:
+                history[n] = [list(map(int, r)) for r in rows]
+        temperatures = [float(t) for t in extra.get("temperatures", [])]
+
+    def on_epoch_start(epoch: int) -> None:
+        t = dcff_temperature(epoch, config.epochs, t_start, t_end, k)
+        del temperatures[epoch:]
+        temperatures.append(t)
+        for n, layer in fused.items():
+            layer.refresh(t)
+            del history[n][epoch:]
+            history[n].append([int(i) for i in layer.keep])
+
+    def extra() -> dict[str, Any]:
+        return {"keep_per_epoch": history, "temperatures": temperatures}
+
+    result: FinetuneResult = finetune(
+        net, train_ds, config, teacher=teacher, eval_ds=eval_ds, device=dev, checkpoint_dir=checkpoint_dir,
+        progress=progress, should_cancel=should_cancel, stage="dcff", on_epoch_start=on_epoch_start,
+        checkpoint_extra=extra,
+    )
+    info: dict[str, Any] = {
+        "layers": {
+            n: {"channels": int(layer.weight.shape[0]), "kept": layer.kept,
+                "keep_final": [int(i) for i in layer.keep], "keep_per_epoch": history[n]}
+            for n, layer in fused.items()
+        },
+        "temperatures": temperatures,
+        "final_temperature": temperatures[-1] if temperatures else None,
+        "finetune": result.to_dict(),
+    }
+    materialise_dcff(net)
+    net.eval()
+    return net, info

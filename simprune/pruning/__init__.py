@@ -1,0 +1,1 @@
+"""Pruning core: group discovery, allocation, surgery, BatchNorm re-estimation, the prune() entry point."""

@@ -1,0 +1,303 @@
+"""``simprune.prune``: structured pruning of a model to a ratio or a FLOPs target, with a report."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from simprune.criteria.base import ChannelGroup, Criterion, Selection, get_criterion
+from simprune.errors import InputError, JobCancelled
+from simprune.flops import count_model
+from simprune.pruning.allocation import global_keep, refine_to_target, search_ratio, uniform_keep
+from simprune.pruning.batchnorm import reestimate_bn
+from simprune.pruning.groups import FlopsModel, GroupSpec, discover_groups
+from simprune.pruning.surgery import remove_channels
+
+ProgressFn = Callable[[str, float], None]
+FEATURE_BUDGET = 8_000_000  # floats kept per group for data-driven criteria and folding
+
+DEFAULT_COMPENSATION = {"fold": True, "lstsq": True, "bn": True}
+
+
+def iter_inputs(calib: Any, device: torch.device | None = None) -> Iterator[torch.Tensor]:
+    """Input batches from a tensor, a DataLoader / iterable of tensors or of (x, y) pairs."""
+    if calib is None:
+        return
+    if isinstance(calib, torch.Tensor):
+        batches: Iterable[Any] = calib.split(64)
+    else:
+        batches = calib
+    for b in batches:
+        x = b[0] if isinstance(b, list | tuple) else b
+        yield x.to(device) if device is not None else x
+
+
+def _feature_hooks(model: nn.Module, specs: list[GroupSpec], store: dict[str, list[torch.Tensor]],
+                   caps: dict[str, int]) -> list[Any]:
+    modules = dict(model.named_modules())
+    hooks = []
+    for spec in specs:
+        kind, _, target = spec.feature_point.partition(":")
+        mod = modules[target] if target else spec.root
+
+        def save(t: torch.Tensor, name: str = spec.name) -> None:
+            have = sum(x.shape[0] for x in store[name])
+            cap = caps.setdefault(name, max(8, FEATURE_BUDGET // max(1, t[0].numel())))
+            if have < cap:
+                store[name].append(t[: cap - have].detach().float().cpu())
+
+        if kind == "consumer":
+            hooks.append(mod.register_forward_pre_hook(lambda m, inp, s=save: s(inp[0])))
+        else:
+            hooks.append(mod.register_forward_hook(lambda m, inp, out, s=save: s(out)))
+    return hooks
+
+
+@torch.no_grad()
+def collect_features(
+    model: nn.Module,
+    specs: list[GroupSpec],
+    calib: Any,
+    device: torch.device | None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Feature maps each group's consumer receives on the calibration data (capped per group)."""
+    store: dict[str, list[torch.Tensor]] = {s.name: [] for s in specs}
+    caps: dict[str, int] = {}
+    hooks = _feature_hooks(model, specs, store, caps)
+    was_training = model.training
+    model.eval()
+    try:
+        for x in iter_inputs(calib, device):
+            if should_cancel and should_cancel():
+                raise JobCancelled("cancelled while collecting feature maps")
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {k: torch.cat(v) for k, v in store.items() if v}
+
+
+def _chunked_select(crit: Criterion, group: ChannelGroup, n_keep: int, chunks: int) -> Selection:
+    """Selection for groups split by grouped convs: the same positions are kept in every chunk."""
+    if chunks == 1:
+        return crit.select(group, n_keep)
+    scores = crit.scores(group).float().view(chunks, -1).mean(0)
+    per = n_keep // chunks
+    pos = torch.topk(scores, per).indices.sort().values
+    size = group.n_channels // chunks
+    keep = torch.cat([pos + c * size for c in range(chunks)])
+    return Selection(keep=keep, info={"chunked": chunks})
+
+
+def _to_channel_group(spec: GroupSpec, features: dict[str, torch.Tensor]) -> ChannelGroup:
+    return ChannelGroup(
+        name=spec.name,
+        conv=spec.root,
+        bn=spec.bn,
+        n_channels=spec.n_channels,
+        consumers=list(spec.consumers),
+        coupled=list(spec.depthwise),
+        features=features.get(spec.name),
+        extra={"consumer_bns": dict(spec.consumer_bns), "feature_point": spec.feature_point},
+    )
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    method: str | Criterion = "l1",
+    *,
+    target_flops_reduction: float | None = None,
+    pruning_ratio: float | str | None = None,
+    calib: Any = None,
+    allocation: str = "uniform",
+    round_to: int | None = None,
+    ignored_layers: list[str] | None = None,
+    method_options: dict[str, Any] | None = None,
+    compensation: dict[str, bool] | None = None,
+    device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune ``model`` structurally and return ``(pruned_model, report)``.
+
+    Exactly one of ``target_flops_reduction`` (fraction of MACs to remove, met within half a point by search
+    over the ratio) and ``pruning_ratio`` (fraction of channels per group, or ``"auto"`` for the method's own
+    count) is required. ``calib`` (tensor, DataLoader, or iterable of batches) enables data-driven criteria
+    and compensation (``{"fold", "lstsq", "bn"}``, all on by default with data). ``ignored_layers`` defaults
+    to the classifier. The report carries FLOPs/params before and after, per-layer channels, timings and the
+    plan (kept indices per group, replayable with :func:`simprune.load_pruned`).
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    report_progress = progress or (lambda stage, frac: None)
+
+    def stage_done(name: str, start: float) -> float:
+        timings[name] = round(time.perf_counter() - start, 4)
+        return time.perf_counter()
+
+    if (target_flops_reduction is None) == (pruning_ratio is None):
+        raise InputError("give exactly one of target_flops_reduction and pruning_ratio")
+    if isinstance(pruning_ratio, str) and pruning_ratio != "auto":
+        raise InputError("pruning_ratio must be a number in [0, 1) or 'auto'")
+    if isinstance(pruning_ratio, int | float) and not 0.0 <= float(pruning_ratio) < 1.0:
+        raise InputError("pruning_ratio must be in [0, 1)")
+    if allocation not in ("uniform", "global"):
+        raise InputError("allocation must be 'uniform' or 'global'")
+    if round_to is not None and round_to < 1:
+        raise InputError("round_to must be a positive integer")
+    crit = method if isinstance(method, Criterion) else get_criterion(method, **(method_options or {}))
+    if crit.needs_data and calib is None:
+        raise InputError(f"method '{crit.name}' needs calibration data (--calib); none was given")
+    comp = dict(DEFAULT_COMPENSATION)
+    comp.update(compensation or {})
+    if calib is None:
+        comp = {k: False for k in comp}
+    device = torch.device(device) if isinstance(device, str) else device
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    work = model if inplace else copy.deepcopy(model)
+    work.to(device).eval()
+    dense = copy.deepcopy(work) if comp.get("lstsq") else None
+    example = example_inputs.to(device)
+
+    t = time.perf_counter()
+    report_progress("analyze", 0.0)
+    before = count_model(work, example)
+    dg, specs, skipped = discover_groups(work, example, ignored_layers)
+    if not specs:
+        raise InputError("this model has no prunable channel groups (all are ignored, frozen or coupled)")
+    flops_model = FlopsModel(before["per_layer"], dict(work.named_modules()), specs)
+    t = stage_done("analyze", t)
+
+    features: dict[str, torch.Tensor] = {}
+    if calib is not None and (crit.needs_data or comp.get("fold")):
+        report_progress("features", 0.05)
+        features = collect_features(work, specs, calib, device, should_cancel)
+        t = stage_done("features", t)
+
+    report_progress("scores", 0.15)
+    groups = {s.name: _to_channel_group(s, features) for s in specs}
+    scores: dict[str, torch.Tensor] = {}
+    if allocation == "global" or pruning_ratio is None:
+        for s in specs:
+            crit.check(groups[s.name])
+            scores[s.name] = crit.scores(groups[s.name]).detach().float().cpu()
+    t = stage_done("scores", t)
+
+    report_progress("allocate", 0.3)
+    if allocation == "global":
+        keep_for = lambda r: global_keep(specs, scores, r, round_to)  # noqa: E731
+    else:
+        keep_for = lambda r: uniform_keep(specs, r, round_to)  # noqa: E731
+    chosen_ratio: float | str | None
+    if pruning_ratio == "auto":
+        keep_counts = {}
+        for s in specs:
+            k = crit.auto_keep(groups[s.name])
+            if k is None:
+                raise InputError(f"method '{crit.name}' has no automatic kept count; give a number")
+            keep_counts[s.name] = max(1, min(s.n_channels, int(k)))
+        chosen_ratio = "auto"
+    elif pruning_ratio is not None:
+        chosen_ratio = float(pruning_ratio)
+        keep_counts = keep_for(chosen_ratio)
+    else:
+        chosen_ratio, keep_counts = search_ratio(keep_for, flops_model, before["flops"], target_flops_reduction)
+        keep_counts = refine_to_target(keep_counts, specs, flops_model, before["flops"], target_flops_reduction,
+                                       round_to)
+    t = stage_done("allocate", t)
+
+    report_progress("select", 0.4)
+    selections: dict[str, Selection] = {}
+    for i, s in enumerate(specs):
+        if should_cancel and should_cancel():
+            raise JobCancelled("cancelled during channel selection")
+        k = keep_counts[s.name]
+        if k >= s.n_channels:
+            continue
+        g = groups[s.name]
+        crit.check(g)
+        selections[s.name] = _chunked_select(crit, g, k, s.ch_groups)
+        report_progress("select", 0.4 + 0.2 * (i + 1) / len(specs))
+    t = stage_done("select", t)
+
+    if comp.get("fold"):
+        from simprune.compensation.fold import fold_removed
+
+        report_progress("fold", 0.6)
+        for s in specs:
+            if s.name in selections and s.name in features:
+                fold_removed(groups[s.name], selections[s.name])
+        t = stage_done("fold", t)
+
+    report_progress("prune", 0.65)
+    plan_layers: list[dict[str, Any]] = []
+    for s in specs:
+        if s.name not in selections:
+            continue
+        keep = selections[s.name].keep.tolist()
+        remove_channels(dg, s.root, keep)
+        plan_layers.append({"layer": s.name, "channels_before": s.n_channels, "keep": keep})
+    t = stage_done("prune", t)
+
+    if comp.get("lstsq") and dense is not None:
+        from simprune.compensation.lstsq import reconstruct_consumers
+
+        report_progress("lstsq", 0.7)
+        reconstruct_consumers(dense, work, [s for s in specs if s.name in selections], calib, device,
+                              should_cancel=should_cancel)
+        t = stage_done("lstsq", t)
+
+    if comp.get("bn"):
+        report_progress("bn", 0.85)
+        reestimate_bn(work, iter_inputs(calib, device), device, should_cancel)
+        t = stage_done("bn", t)
+
+    after = count_model(work, example)
+    work.eval()
+    with torch.no_grad():
+        work(example[:1])  # the pruned model must run
+    timings["total_s"] = round(time.perf_counter() - t0, 4)
+    report_progress("done", 1.0)
+
+    before_by = {r["name"]: r for r in before["per_layer"]}
+    per_layer = []
+    for r in after["per_layer"]:
+        b = before_by.get(r["name"], r)
+        per_layer.append({
+            "name": r["name"], "type": r["type"],
+            "channels_before": b["out_channels"], "channels_after": r["out_channels"],
+            "in_channels_before": b["in_channels"], "in_channels_after": r["in_channels"],
+            "flops_before": b["flops"], "flops_after": r["flops"],
+        })
+    report = {
+        "method": crit.name,
+        "method_options": {k: v for k, v in crit.__dict__.items() if not k.startswith("_")},
+        "allocation": allocation,
+        "pruning_ratio": chosen_ratio,
+        "target_flops_reduction": target_flops_reduction,
+        "round_to": round_to,
+        "compensation": comp,
+        "flops_before": before["flops"],
+        "flops_after": after["flops"],
+        "params_before": before["params"],
+        "params_after": after["params"],
+        "flops_reduction": 1.0 - after["flops"] / before["flops"],
+        "params_reduction": 1.0 - after["params"] / before["params"],
+        "per_layer": per_layer,
+        "skipped_groups": skipped,
+        "selection_info": {k: v.info for k, v in selections.items() if v.info},
+        "plan": {"layers": plan_layers},
+        "timings": timings,
+    }
+    return work, report

@@ -1,0 +1,1 @@
+"""The Celery worker: ``worker.celery_app`` (configuration) and ``worker.tasks`` (the thin job task)."""

@@ -1,0 +1,242 @@
+"""The one task: ``run_job(job_id)``. Thin: claim, resolve ids to files, call the engine, store artifacts.
+
+The database is the source of truth. The claim is a compare-and-set UPDATE (queued -> running, or a running
+job whose heartbeat is stale because its worker died), so a redelivered message is a harmless no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+import os
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from app.core.celery import TASK_RUN_JOB
+from app.core.config import Settings, get_settings
+from app.core.db import session_scope
+from app.models import Artifact, Dataset, Job, Model, new_id, utcnow
+from app.services import engine
+from app.storage import LocalStorage, Storage, get_storage
+from simprune.errors import InputError
+from worker.celery_app import celery_app
+
+log = logging.getLogger("simprune.worker")
+
+CONTENT_TYPES = {
+    ".pt2": "application/octet-stream", ".onnx": "application/octet-stream",
+    ".safetensors": "application/octet-stream", ".json": "application/json", ".html": "text/html",
+    ".png": "image/png", ".csv": "text/csv", ".txt": "text/plain",
+}
+
+
+class JobTimeLimit(Exception):
+    """The job ran longer than ``Settings.job_time_limit_s``."""
+
+
+def worker_id() -> str:
+    """``host:pid`` of this worker process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(settings: Settings, job_id: str) -> bool:
+    """Atomically move the job to ``running`` (from queued, or from a stale running attempt)."""
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.stale_job_after_s)
+    with session_scope(settings.database_url) as s:
+        res = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.cancel_requested.is_(False),
+                   or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale)))
+            .values(status="running", started_at=now, heartbeat_at=now, stage="starting", progress=0.0,
+                    attempts=Job.attempts + 1, worker_id=worker_id())
+        )
+        return res.rowcount == 1
+
+
+def _finish(settings: Settings, job_id: str, **values: Any) -> None:
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                  .values(finished_at=utcnow(), heartbeat_at=utcnow(), **values))
+
+
+class Reporter:
+    """Progress callback and cancellation check for the engine, throttled so the database is not hammered."""
+
+    def __init__(self, settings: Settings, job_id: str) -> None:
+        self.settings, self.job_id = settings, job_id
+        self.started = time.monotonic()
+        self._last_write = 0.0
+        self._last_stage: str | None = None
+        self._last_check = 0.0
+        self._cancel = False
+        self.timed_out = False
+
+    def progress(self, stage: str, fraction: float) -> None:
+        """Write stage/progress/heartbeat (on every stage change, else at most every progress_interval_s)."""
+        now = time.monotonic()
+        if stage == self._last_stage and now - self._last_write < self.settings.progress_interval_s:
+            return
+        self._last_stage, self._last_write = stage, now
+        frac = min(max(float(fraction), 0.0), 1.0)
+        with session_scope(self.settings.database_url) as s:
+            s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running")
+                      .values(stage=stage, progress=frac, heartbeat_at=utcnow()))
+
+    def should_cancel(self) -> bool:
+        """True once the user asked to cancel (DB flag) or the time limit passed (checked throttled)."""
+        now = time.monotonic()
+        if now - self.started > self.settings.job_time_limit_s:
+            self.timed_out = True
+            return True
+        if self._cancel or now - self._last_check < self.settings.cancel_check_interval_s:
+            return self._cancel
+        self._last_check = now
+        with session_scope(self.settings.database_url) as s:
+            flag = s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+            s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running")
+                      .values(heartbeat_at=utcnow()))
+        self._cancel = bool(flag)
+        return self._cancel
+
+
+def _local_file(storage: Storage, key: str, scratch: Path) -> Path:
+    """A local path for ``key`` (LocalStorage: in place; other backends: copied into ``scratch``)."""
+    if isinstance(storage, LocalStorage):
+        return storage.local_path(key)
+    dest = scratch / Path(key).name
+    with storage.open(key) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out)
+    return dest
+
+
+def _build_job(settings: Settings, storage: Storage, job: Job, scratch: Path) -> Any:
+    with session_scope(settings.database_url) as s:
+        model = s.get(Model, job.model_id) if job.model_id else None
+        if model is None:
+            raise InputError("the job's model was deleted")
+        calib = s.get(Dataset, job.calibration_dataset_id) if job.calibration_dataset_id else None
+        evals = s.get(Dataset, job.eval_dataset_id) if job.eval_dataset_id else None
+        if (job.calibration_dataset_id and calib is None) or (job.eval_dataset_id and evals is None):
+            raise InputError("a dataset of the job was deleted")
+    spec = dict(job.spec)
+    finetune = dict(spec.get("finetune") or {}) or None
+    if finetune is not None:
+        train_id = finetune.pop("dataset_id", None) or job.calibration_dataset_id
+        with session_scope(settings.database_url) as s:
+            train = s.get(Dataset, train_id) if train_id else None
+        if train is None:
+            raise InputError("the job's fine-tuning dataset was deleted")
+        finetune["train"] = str(_local_file(storage, train.storage_key, scratch))
+        finetune["checkpoint_dir"] = str(scratch / "finetune_ckpt")  # outside out_dir: not an artifact
+    fields: dict[str, Any] = {
+        "arch": model.arch, "weights": _local_file(storage, model.storage_key, scratch), "method": job.method,
+        "target_flops_reduction": spec.get("target_flops_reduction"), "pruning_ratio": spec.get("pruning_ratio"),
+        "method_options": spec.get("options") or {}, "num_classes": model.num_classes,
+        "in_channels": model.in_channels, "input_size": tuple(model.input_size),
+        "mean": tuple(model.mean) if model.mean else None, "std": tuple(model.std) if model.std else None,
+        "calib": _local_file(storage, calib.storage_key, scratch) if calib else None,
+        "eval": _local_file(storage, evals.storage_key, scratch) if evals else None,
+        "calib_samples": spec.get("calib_samples", 1024), "eval_samples": spec.get("eval_samples"),
+        "round_to": spec.get("round_to"), "allocation": spec.get("allocation", "uniform"),
+        "compensation": spec.get("compensation"), "device": settings.device, "seed": spec.get("seed", 0),
+        "batch_size": spec.get("batch_size", 128), "finetune": finetune,
+        "exports": tuple(spec.get("exports") or ("pt2", "onnx", "safetensors")),
+    }
+    return engine.make_prune_job(**fields)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _store_artifacts(settings: Settings, storage: Storage, job_id: str, out_dir: Path,
+                     report: dict[str, Any]) -> None:
+    """Move every output file into storage, then record them and the success in one transaction."""
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file())
+    rows, keys = [], []
+    try:
+        for p in files:
+            name = p.relative_to(out_dir).as_posix()
+            size, digest = p.stat().st_size, _sha256(p)
+            key = f"jobs/{job_id}/{name}"
+            storage.put_file(key, p)
+            keys.append(key)
+            ctype = CONTENT_TYPES.get(p.suffix.lower()) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+            rows.append(Artifact(id=new_id("art"), job_id=job_id, name=name, size=size, sha256=digest,
+                                 storage_key=key, content_type=ctype))
+        with session_scope(settings.database_url) as s:
+            status = s.scalar(select(Job.status).where(Job.id == job_id))
+            if status != "running":
+                raise RuntimeError(f"job left 'running' (now {status!r}) while it ran")
+            s.add_all(rows)
+            s.execute(update(Job).where(Job.id == job_id).values(
+                status="succeeded", stage="done", progress=1.0, result=report, error=None,
+                finished_at=utcnow(), heartbeat_at=utcnow()))
+    except BaseException:
+        for key in keys:
+            storage.delete(key)
+        raise
+
+
+def execute_job(job_id: str, settings: Settings | None = None) -> str:
+    """Run job ``job_id`` to completion; returns its final status (or ``"skipped"`` if not claimable)."""
+    settings = settings or get_settings()
+    if not claim(settings, job_id):
+        log.info("job %s is not claimable (already taken, finished or cancelled); skipping", job_id)
+        return "skipped"
+    storage = get_storage(settings)
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=settings.tmp_dir))
+    reporter = Reporter(settings, job_id)
+    cancelled = engine.job_cancelled_type()
+    try:
+        with session_scope(settings.database_url) as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            s.expunge(job)
+        prune_job = _build_job(settings, storage, job, work)
+        out_dir = work / "out"
+        out_dir.mkdir()
+        log.info("job %s: running %s on %s", job_id, job.method, prune_job.arch)
+        report = engine.run_prune_job(prune_job, out_dir, reporter.progress, reporter.should_cancel)
+        _store_artifacts(settings, storage, job_id, out_dir, report)
+        log.info("job %s: succeeded", job_id)
+        return "succeeded"
+    except cancelled:
+        if reporter.timed_out:
+            msg = f"time limit exceeded: the job ran longer than {settings.job_time_limit_s:g} s"
+            _finish(settings, job_id, status="failed", error=msg)
+            return "failed"
+        _finish(settings, job_id, status="cancelled", error="cancelled by the user")
+        log.info("job %s: cancelled", job_id)
+        return "cancelled"
+    except InputError as exc:
+        _finish(settings, job_id, status="failed", error=str(exc))
+        log.info("job %s: failed: %s", job_id, exc)
+        return "failed"
+    except Exception as exc:
+        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+        _finish(settings, job_id, status="failed", error=f"internal error: {type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@celery_app.task(name=TASK_RUN_JOB, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(job_id: str) -> str:
+    """Celery entry point: run one job by id (idempotent)."""
+    return execute_job(job_id)
