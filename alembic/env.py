@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from logging.config import fileConfig
 
-from alembic import context
 from sqlalchemy import create_engine, pool
 
+from alembic import context
 from app.core.config import get_settings
+from app.core.db import ensure_sqlite_dir
 from app.models import Base
 
 config = context.config
@@ -38,6 +39,7 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     """Run the migrations against the live database (batch mode on SQLite for ALTER support)."""
     url = _url()
+    ensure_sqlite_dir(url)
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(

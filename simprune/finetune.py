@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -261,8 +262,8 @@ class _Checkpointer:
         }
         _atomic_json(self.root / _STATE_FILE, state)
         keep = {state["model"], state["optim"], state["best"], _STATE_FILE}
-        for f in self.root.iterdir():
-            if f.name not in keep and f.suffix in (".safetensors", ".pt"):
+        for f in self.root.iterdir():  # only this module's own, superseded files
+            if f.name not in keep and re.fullmatch(r"(model|best)_e\d+\.safetensors|optim_e\d+\.pt", f.name):
                 f.unlink(missing_ok=True)
 
 

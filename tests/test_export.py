@@ -219,6 +219,32 @@ def test_rebuild_callable_used_and_mismatch_detected(tmp_path: Path) -> None:
             plan={"k": 1},
             rebuild=wrong_rebuild,
         )
+    with pytest.raises(ExportMismatchError, match="inf") as info:
+        export_all(
+            model,
+            torch.randn(2, 3, 16, 16),
+            tmp_path / "broken",
+            formats=("safetensors",),
+            plan={"k": 1},
+            rebuild=lambda plan_path, weights_path: nn.Linear(1, 1),  # cannot even run on the input
+        )
+    assert "RuntimeError" in info.value.records[0]["error"]
+
+    def failing_rebuild(plan_path: Path, weights_path: Path) -> nn.Module:
+        raise KeyError("layer missing from plan")
+
+    with pytest.raises(ExportMismatchError) as info:
+        export_all(
+            model,
+            torch.randn(2, 3, 16, 16),
+            tmp_path / "fail",
+            formats=("safetensors",),
+            plan={"k": 1},
+            rebuild=failing_rebuild,
+        )
+    assert "KeyError" in info.value.records[0]["error"] and info.value.records[0]["max_abs_diff"] == float(
+        "inf"
+    )
     with pytest.raises(ValueError, match="plan"):
         export_all(
             model, torch.randn(1, 3, 16, 16), tmp_path / "x", formats=("safetensors",), rebuild=good_rebuild
@@ -235,6 +261,20 @@ class BatchOne(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv(x).view(1, -1))
+
+
+def test_relative_tolerance(tmp_path: Path) -> None:
+    """Outputs scaled to ~1e6 make float32 rounding exceed the absolute tolerance; rtol accepts it."""
+    model = _randomise_bn(PrunedLike())
+    with torch.no_grad():
+        model.fc.weight.mul_(1e6)
+    example = torch.randn(1, 3, 16, 16)
+    with pytest.raises(ExportMismatchError, match=r"model.onnx: max \|diff\|") as info:
+        export_all(model, example, tmp_path / "abs", formats=("onnx",), n_checks=1)
+    (rec,) = info.value.records
+    assert rec["max_abs_diff"] > rec["tolerance"] == 1e-4 and rec["max_abs_output"] > 1e4
+    (rec,) = export_all(model, example, tmp_path / "rel", formats=("onnx",), n_checks=1, rtol=1e-5)
+    assert rec["max_abs_diff"] <= rec["tolerance"] == pytest.approx(1e-4 + 1e-5 * rec["max_abs_output"])
 
 
 def test_static_batch_fallback(tmp_path: Path) -> None:
@@ -278,3 +318,34 @@ def test_zoo_exports(arch: str, tmp_path: Path) -> None:
     for r in records:
         assert RECORD_KEYS <= set(r) and r["max_abs_diff"] <= 1e-4, r
     assert records[0]["dynamic_batch"] and records[1]["dynamic_batch"]
+
+
+@pytest.mark.slow
+def test_engine_plan_rebuild_roundtrip(tmp_path: Path) -> None:
+    """simprune.prune's plan + weights.safetensors rebuilt by simprune.load_pruned reproduce the outputs."""
+    import simprune
+
+    if not callable(getattr(simprune, "prune", None)) or not callable(getattr(simprune, "load_pruned", None)):
+        pytest.skip("simprune.prune / simprune.load_pruned not available yet")
+    if "cifar_resnet20" not in _zoo_archs():
+        pytest.skip("simprune.zoo not importable or 'cifar_resnet20' not registered yet")
+    from simprune.zoo import build_model
+
+    torch.manual_seed(0)
+    dense = _randomise_bn(build_model("cifar_resnet20"))
+    example = torch.randn(1, 3, 32, 32)
+    pruned, report = simprune.prune(dense, example, method="l1", pruning_ratio=0.4)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in dense.parameters())
+
+    def rebuild(plan_path: Path, weights_path: Path) -> nn.Module:
+        return simprune.load_pruned(plan_path, weights_path, model=build_model("cifar_resnet20"))
+
+    from simprune.plan import make_plan
+
+    plan = make_plan(report, arch="cifar_resnet20", input_size=(3, 32, 32))
+    records = export_all(
+        pruned, example, tmp_path, formats=("safetensors",), plan=plan, rebuild=rebuild, n_checks=2
+    )
+    by_file = {r["file"]: r for r in records}
+    assert by_file["weights.safetensors"]["verified_with"] == "rebuild"
+    assert by_file["plan.json"]["verified"] is True and by_file["plan.json"]["max_abs_diff"] <= 1e-4

@@ -104,6 +104,7 @@ def test_resume_after_cancel(dense: nn.Module, tmp_path: Path) -> None:
         return last.get("epoch") == 2 and last.get("step", 0) >= 512 // 64 + 3
 
     start = _damage(dense)
+    (tmp_path / "notes.pt").write_bytes(b"not ours")  # files the caller keeps there are left alone
     with pytest.raises(JobCancelled):
         finetune(copy.deepcopy(start), TRAIN, cfg, eval_ds=EVAL, device=CPU, checkpoint_dir=tmp_path,
                  should_cancel=cancel_in_epoch_two, progress=lambda _s, _f, info: last.update(info))
@@ -124,6 +125,8 @@ def test_resume_after_cancel(dense: nn.Module, tmp_path: Path) -> None:
 
     again = finetune(copy.deepcopy(start), TRAIN, cfg, eval_ds=EVAL, device=CPU, checkpoint_dir=tmp_path)
     assert again.resumed_from == 2 and len(again.history) == 2  # already complete: nothing retrained
+    assert (tmp_path / "notes.pt").read_bytes() == b"not ours"
+    assert not (tmp_path / "model_e1.safetensors").exists()  # superseded epochs are removed
     with pytest.raises(InputError):
         finetune(copy.deepcopy(start), TRAIN, FinetuneConfig(epochs=3, lr=0.02, batch_size=64, distill=False),
                  device=CPU, checkpoint_dir=tmp_path)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.api.problems import Problem
@@ -14,6 +15,8 @@ from app.core.db import session_factory
 from app.models import utcnow
 from app.services.keys import ensure_tenant, verify_key
 from app.storage import Storage
+
+T = TypeVar("T")
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -28,6 +31,22 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
     finally:
         session.close()
+
+
+async def in_thread(session: Session, fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking database work ``fn(*args)`` in the thread pool, then end the session's transaction so its
+    connection returns to the pool (async handlers must never hold one across an ``await``)."""
+
+    def call() -> T:
+        try:
+            out = fn(*args)
+            session.commit()
+            return out
+        except BaseException:
+            session.rollback()
+            raise
+
+    return await run_in_threadpool(call)
 
 
 def get_storage_dep(request: Request) -> Storage:
@@ -45,6 +64,7 @@ def get_tenant_id(request: Request, session: SessionDep, settings: SettingsDep) 
     if not settings.auth_enabled:
         if not getattr(request.app.state, "default_tenant_ready", False):
             ensure_tenant(session, settings.default_tenant)
+            session.commit()
             request.app.state.default_tenant_ready = True
         return settings.default_tenant
     header = request.headers.get("authorization", "")
@@ -59,8 +79,9 @@ def get_tenant_id(request: Request, session: SessionDep, settings: SettingsDep) 
     now = utcnow()
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
         key.last_used_at = now
-        session.commit()
-    return key.tenant_id
+    tenant_id = key.tenant_id
+    session.commit()  # ends the transaction: the connection goes back to the pool before the handler runs
+    return tenant_id
 
 
 TenantDep = Annotated[str, Depends(get_tenant_id)]

@@ -43,7 +43,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_pool": "solo",
         "worker_concurrency": 1,
-        "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     max_dataset_entries: int = Field(default=200_000, gt=0, description="Max members in a dataset zip.")
     max_dataset_uncompressed_bytes: int = Field(default=8192 * MiB, gt=0)
     max_form_field_bytes: int = Field(default=64 * 1024, gt=0, description="Max size of one non-file form field.")
-    upload_chunk_bytes: int = Field(default=1 * MiB, gt=0)
 
     job_time_limit_s: float = Field(default=6 * 3600.0, gt=0, description="A running job is failed after this.")
     progress_interval_s: float = Field(default=0.5, ge=0, description="Min seconds between progress writes.")
@@ -40,7 +39,6 @@ class Settings(BaseSettings):
     stale_job_after_s: float = Field(default=600.0, gt=0,
                                      description="A running job without heartbeat this long may be re-claimed.")
     device: str = Field(default="auto", description="Device the worker prunes on: auto, cpu, cuda, cuda:N.")
-    page_size_max: int = Field(default=100, gt=0)
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

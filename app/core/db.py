@@ -25,19 +25,26 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.close()
 
 
+def ensure_sqlite_dir(url: str) -> None:
+    """Create the parent directory of a SQLite database file (no-op for other databases)."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def get_engine(url: str) -> Engine:
     """The engine for ``url`` (created once per process; SQLite gets WAL mode and a busy timeout)."""
     with _lock:
         eng = _engines.get(url)
         if eng is None:
             if url.startswith("sqlite"):
-                path = url.split("///", 1)[-1]
-                if path and path != ":memory:":
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
-                eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                ensure_sqlite_dir(url)
+                eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                                    pool_size=10, max_overflow=40, pool_timeout=60)
                 event.listen(eng, "connect", _sqlite_pragmas)
             else:
-                eng = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+                eng = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40, pool_timeout=60)
             _engines[url] = eng
             _factories[url] = sessionmaker(eng, expire_on_commit=False)
         return eng
@@ -74,14 +81,12 @@ def dispose_engine(url: str) -> None:
 
 def upgrade_database(url: str, revision: str = "head") -> None:
     """Run the Alembic migrations on ``url`` up to ``revision`` (what ``simprune db upgrade`` does)."""
-    from alembic import command
     from alembic.config import Config
+
+    from alembic import command
 
     cfg = Config()
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
     cfg.attributes["database_url"] = url
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ensure_sqlite_dir(url)
     command.upgrade(cfg, revision)

@@ -62,14 +62,17 @@ def _file(form: ParsedForm, name: str) -> UploadedFile:
 
 
 async def _store_and_commit(session: Session, storage: Storage, key: str, up: UploadedFile, row: Any) -> None:
-    await run_in_threadpool(storage.put_file, key, up.path)
-    try:
-        session.add(row)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        storage.delete(key)
-        raise
+    def store() -> None:
+        storage.put_file(key, up.path)
+        try:
+            session.add(row)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            storage.delete(key)
+            raise
+
+    await run_in_threadpool(store)
 
 
 async def create_model(

@@ -22,6 +22,11 @@ ProgressFn = Callable[[str, float], None]
 FEATURE_BUDGET = 8_000_000  # floats kept per group for data-driven criteria and folding
 
 DEFAULT_COMPENSATION = {"fold": True, "lstsq": True, "bn": True}
+DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": True, "min_r2": 0.0}
+"""Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
+(re-estimate BatchNorms inside the least-squares pass instead of after it), ``min_r2`` (folding threshold),
+and :func:`~simprune.compensation.lstsq.reconstruct_consumers`'s ``ridge``, ``max_rows``, ``max_images``."""
+LSTSQ_OPTIONS = ("layers", "ridge", "max_rows", "max_images", "seed")
 
 
 def iter_inputs(calib: Any, device: torch.device | None = None) -> Iterator[torch.Tensor]:
@@ -122,6 +127,7 @@ def prune(
     ignored_layers: list[str] | None = None,
     method_options: dict[str, Any] | None = None,
     compensation: dict[str, bool] | None = None,
+    compensation_options: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -157,6 +163,8 @@ def prune(
     crit = method if isinstance(method, Criterion) else get_criterion(method, **(method_options or {}))
     if crit.needs_data and calib is None:
         raise InputError(f"method '{crit.name}' needs calibration data (--calib); none was given")
+    copts = dict(DEFAULT_COMPENSATION_OPTIONS)
+    copts.update(compensation_options or {})
     comp = dict(DEFAULT_COMPENSATION)
     comp.update(compensation or {})
     if calib is None:
@@ -237,7 +245,7 @@ def prune(
         report_progress("fold", 0.6)
         for s in specs:
             if s.name in selections and s.name in features:
-                fold_removed(groups[s.name], selections[s.name])
+                fold_removed(groups[s.name], selections[s.name], min_r2=float(copts.get("min_r2", 0.0)))
         t = stage_done("fold", t)
 
     report_progress("prune", 0.65)
@@ -250,15 +258,20 @@ def prune(
         plan_layers.append({"layer": s.name, "channels_before": s.n_channels, "keep": keep})
     t = stage_done("prune", t)
 
+    lstsq_info: dict[str, Any] = {}
     if comp.get("lstsq") and dense is not None:
         from simprune.compensation.lstsq import reconstruct_consumers
 
         report_progress("lstsq", 0.7)
-        reconstruct_consumers(dense, work, [s for s in specs if s.name in selections], calib, device,
-                              should_cancel=should_cancel)
+        out_keep = {m: selections[s.name].keep.tolist() for s in specs if s.name in selections
+                    for m, kind, _ in s.effects if kind == "out"}
+        lstsq_opts = {k: v for k, v in copts.items() if k in LSTSQ_OPTIONS}
+        lstsq_info = reconstruct_consumers(dense, work, [s for s in specs if s.name in selections], calib, device,
+                                           should_cancel=should_cancel, out_keep=out_keep,
+                                           bn=bool(comp.get("bn")) and copts.get("bn_inline", True), **lstsq_opts)
         t = stage_done("lstsq", t)
 
-    if comp.get("bn"):
+    if comp.get("bn") and not (comp.get("lstsq") and copts.get("bn_inline", True)):
         report_progress("bn", 0.85)
         reestimate_bn(work, iter_inputs(calib, device), device, should_cancel)
         t = stage_done("bn", t)
@@ -288,6 +301,8 @@ def prune(
         "target_flops_reduction": target_flops_reduction,
         "round_to": round_to,
         "compensation": comp,
+        "compensation_options": copts,
+        "lstsq": lstsq_info,
         "flops_before": before["flops"],
         "flops_after": after["flops"],
         "params_before": before["params"],

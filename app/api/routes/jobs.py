@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, in_thread
 from app.api.pagination import page_rows, paginate
 from app.api.problems import Problem
 from app.api.routes.datasets import get_owned_dataset
@@ -111,6 +111,11 @@ def _existing_for_key(session: Session, tenant_id: str, key: str | None) -> Job 
     if not key:
         return None
     return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+
+
+def _replay(request: Request, session: Session, tenant_id: str, key: str | None) -> JSONResponse | None:
+    existing = _existing_for_key(session, tenant_id, key)
+    return None if existing is None else _accepted(request, existing, 200)
 
 
 def _validate_spec(session: Session, tenant_id: str, spec: JobSpec) -> None:
@@ -213,16 +218,16 @@ async def submit_job(
         form = await parse_multipart(request, settings.tmp_dir, {"file": settings.max_checkpoint_bytes},
                                      settings.max_form_field_bytes)
         try:
-            existing = _existing_for_key(session, tenant_id, idempotency_key)
-            if existing is not None:
-                return _accepted(request, existing, 200)
+            replay = await in_thread(session, _replay, request, session, tenant_id, idempotency_key)
+            if replay is not None:
+                return replay
             spec = _spec_from_form(form.fields)
-            _validate_spec(session, tenant_id, spec)
+            await in_thread(session, _validate_spec, session, tenant_id, spec)
             model = await create_model(form, tenant_id, session, settings, storage)
         finally:
             form.cleanup()
-        return await run_in_threadpool(_create_job, request, session, settings, tenant_id, model.id, spec,
-                                       idempotency_key)
+        return await in_thread(session, _create_job, request, session, settings, tenant_id, model.id, spec,
+                               idempotency_key)
     if not ctype.startswith("application/json"):
         raise Problem(415, "send application/json (job on an uploaded model) or multipart/form-data "
                            "(checkpoint + job fields)", "unsupported-media-type")
@@ -234,19 +239,28 @@ async def submit_job(
         req = JobCreate.model_validate(body)
     except ValidationError as exc:
         raise _validation_problem(exc) from None
+    return await in_thread(session, _submit_json, request, session, settings, tenant_id, req, idempotency_key)
+
+
+def _submit_json(request: Request, session: Session, settings: Settings, tenant_id: str, req: JobCreate,
+                 idempotency_key: str | None) -> JSONResponse:
     existing = _existing_for_key(session, tenant_id, idempotency_key)
     if existing is not None:
-        same = existing.model_id == req.model_id and existing.spec == req.model_dump(
-            mode="json", exclude={"model_id", "calibration_dataset_id", "eval_dataset_id"})
+        same = (
+            existing.model_id == req.model_id
+            and existing.calibration_dataset_id == req.calibration_dataset_id
+            and existing.eval_dataset_id == req.eval_dataset_id
+            and existing.spec == req.model_dump(mode="json", exclude={"model_id", "calibration_dataset_id",
+                                                                     "eval_dataset_id"})
+        )
         if not same:
             raise Problem(409, "this Idempotency-Key was used for a different request", "idempotency-conflict",
                           job_id=existing.id)
         return _accepted(request, existing, 200)
     get_owned_model(session, tenant_id, req.model_id)
     spec = JobSpec.model_validate(req.model_dump(exclude={"model_id"}))
-    await run_in_threadpool(_validate_spec, session, tenant_id, spec)
-    return await run_in_threadpool(_create_job, request, session, settings, tenant_id, req.model_id, spec,
-                                   idempotency_key)
+    _validate_spec(session, tenant_id, spec)
+    return _create_job(request, session, settings, tenant_id, req.model_id, spec, idempotency_key)
 
 
 @router.get("", response_model=Page[JobOut], summary="List jobs")
@@ -256,7 +270,8 @@ def list_jobs(request: Request, session: SessionDep, tenant_id: TenantDep, statu
     stmt = select(Job).where(Job.tenant_id == tenant_id)
     if status:
         stmt = stmt.where(Job.status == status)
-    rows, nxt = page_rows(list(session.scalars(paginate(stmt, Job, cursor, limit))), limit)
+    stmt = paginate(stmt, Job, cursor, limit).options(selectinload(Job.artifacts))
+    rows, nxt = page_rows(list(session.scalars(stmt)), limit)
     return Page[JobOut](items=[job_out(request, r) for r in rows], next_cursor=nxt)
 
 
@@ -303,8 +318,7 @@ def _snapshot(url: str, job_id: str) -> dict[str, Any] | None:
 async def job_events(job_id: str, request: Request, session: SessionDep, settings: SettingsDep,
                      tenant_id: TenantDep) -> StreamingResponse:
     """``progress`` events whenever status/stage/progress change, then one ``end`` event when it finishes."""
-    get_owned_job(session, tenant_id, job_id)
-    session.close()
+    await in_thread(session, get_owned_job, session, tenant_id, job_id)
     url = settings.database_url
 
     async def stream() -> AsyncIterator[str]:

@@ -1,0 +1,324 @@
+"""Least-squares reconstruction of the layers after pruning (He et al. ICCV 2017; ThiNet, Luo et al. 2017).
+
+After channels are removed, each consumer (the layer reading the pruned channels) is re-fitted on
+calibration data so that, fed with the *pruned* model's input (which carries the error of every earlier
+layer), it reproduces the *dense* model's output of that layer (before its BatchNorm):
+
+    min_W ||X_pruned W + b - Y_dense||^2 + lambda ||W||^2
+
+solved in float64 through the ridge-regularised normal equations. Convs use unfolded patches
+(``F.unfold`` with the layer's kernel, stride, padding and dilation); linear layers use their input rows.
+The intercept ``b`` goes into the layer's bias, or, for a bias-free layer followed by a BatchNorm, into
+that BN's running mean (``BN(y + b) = BN'(y)`` with ``running_mean' = running_mean - b``).
+
+Efficiency: the calibration images (as many as fit an activation budget) go through both models as one
+batch. The dense pass stores a seeded sample of output positions per fitted layer; the pruned pass fits
+each layer in a forward pre-hook, in execution order, and continues with the corrected weights, so later
+layers see the corrected inputs. One dense and one pruned forward pass in all. Optionally (``bn=True``)
+the BatchNorms that do not follow a re-fitted layer get their running statistics re-estimated in the same
+pass (their input distribution changed); the BNs after re-fitted layers keep the dense statistics, which
+the re-fitted outputs reproduce.
+
+``layers="consumers"`` re-fits the consumers of the pruned groups; ``layers="all"`` re-fits every
+ungrouped conv and linear layer from the first pruned layer on (including the pruned layers themselves on
+their kept output channels, given ``out_keep``), which also corrects the drift of the residual stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simprune.errors import JobCancelled
+from simprune.pruning.groups import GroupSpec
+
+ACT_BUDGET_BYTES = 96 * 2**20
+"""Largest single activation tensor allowed for the one-batch passes; bounds the number of images used."""
+MAX_IMAGES = 2048
+
+
+class _Stop(Exception):
+    pass
+
+
+def _is_fittable(mod: nn.Module) -> bool:
+    if isinstance(mod, nn.Linear):
+        return True
+    return isinstance(mod, nn.Conv2d | nn.Conv1d) and mod.groups == 1 and mod.padding_mode == "zeros"
+
+
+def _leaf_order(model: nn.Module, x: torch.Tensor) -> tuple[list[str], dict[str, str], int]:
+    """Leaf modules in execution order, the BN directly after each conv/linear, and the largest
+    activation (elements per sample)."""
+    order: list[str] = []
+    producer: dict[int, str] = {}
+    follow_bn: dict[str, str] = {}
+    biggest = [int(x[0].numel())]
+    hooks = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(mod: nn.Module, inp: Any, out: Any) -> None:
+            if name not in order:
+                order.append(name)
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and inp and isinstance(inp[0], torch.Tensor):
+                src = producer.get(id(inp[0]))
+                if src is not None:
+                    follow_bn.setdefault(src, name)
+            if isinstance(out, torch.Tensor):
+                producer[id(out)] = name
+                biggest[0] = max(biggest[0], int(out[0].numel()))
+
+        return fn
+
+    for name, mod in model.named_modules():
+        if len(list(mod.children())) == 0:
+            hooks.append(mod.register_forward_hook(hook(name)))
+    try:
+        model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return order, follow_bn, biggest[0]
+
+
+def _rows_of_output(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows (positions) ``idx`` of a layer output, as (P, C_out)."""
+    if out.dim() == 2:
+        return out[idx]
+    o = out.flatten(2)  # (N, C, L)
+    length = o.shape[2]
+    return o[idx // length, :, idx % length]
+
+
+def _n_positions(out: torch.Tensor) -> int:
+    return out.shape[0] if out.dim() == 2 else out.shape[0] * out[0, 0].numel()
+
+
+def _rows_of_input(mod: nn.Module, inp: torch.Tensor, idx: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """The regression inputs of ``mod`` at output positions ``idx`` (sorted): (P, C_in * taps)."""
+    if isinstance(mod, nn.Linear):
+        return inp.reshape(-1, inp.shape[-1])[idx]
+    x = inp
+    if isinstance(mod, nn.Conv1d):
+        x = x.unsqueeze(-1)
+        ks, st, pd, dl = (mod.kernel_size[0], 1), (mod.stride[0], 1), (mod.padding[0], 0), (mod.dilation[0], 1)
+    else:
+        ks, st, pd, dl = mod.kernel_size, mod.stride, mod.padding, mod.dilation
+    if isinstance(pd, str):  # "same" / "valid"
+        if pd == "valid":
+            pd = (0, 0)
+        else:
+            pd = tuple((d * (k - 1)) // 2 for k, d in zip(ks, dl, strict=True))
+    ho = (x.shape[2] + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1) // st[0] + 1
+    wo = (x.shape[3] + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1) // st[1] + 1
+    length = ho * wo
+    img = idx // length
+    parts = []
+    for a in range(0, x.shape[0], chunk):
+        sel = (img >= a) & (img < a + chunk)
+        if not bool(sel.any()):
+            continue
+        p = F.unfold(x[a:a + chunk], ks, dilation=dl, padding=pd, stride=st)  # (B, D, L)
+        i = idx[sel]
+        parts.append(p[i // length - a, :, i % length])
+    return torch.cat(parts)
+
+
+def _solve(x: torch.Tensor, y: torch.Tensor, intercept: bool, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge least squares in float64: ``y ~= x @ w.T + b``; returns (w (C_out, D), b (C_out))."""
+    x = x.double()
+    y = y.double()
+    n = x.shape[0]
+    if intercept:
+        mx, my = x.mean(0), y.mean(0)
+        xc, yc = x - mx, y - my
+    else:
+        xc, yc = x, y
+    a = xc.T @ xc / n
+    bvec = xc.T @ yc / n
+    lam = ridge * float(torch.diagonal(a).mean().clamp_min(1e-12))
+    a.diagonal().add_(lam)
+    w = torch.linalg.solve(a, bvec).T  # (C_out, D)
+    b = (my - mx @ w.T) if intercept else torch.zeros(y.shape[1], dtype=torch.float64, device=y.device)
+    return w, b
+
+
+@torch.no_grad()
+def reconstruct_consumers(
+    dense: nn.Module,
+    pruned: nn.Module,
+    specs: list[GroupSpec],
+    calib: Any,
+    device: torch.device | None,
+    should_cancel: Callable[[], bool] | None = None,
+    *,
+    layers: str = "consumers",
+    out_keep: dict[str, list[int]] | None = None,
+    bn: bool = False,
+    ridge: float = 1e-3,
+    max_rows: int = 24_000,
+    max_images: int = MAX_IMAGES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Re-fit layers of ``pruned`` so that they reproduce ``dense``'s outputs on calibration data (in place).
+
+    ``specs``: the pruned groups (their consumers are re-fitted). ``layers="all"``: every ungrouped conv /
+    linear from the first pruned layer on; layers whose output channels were pruned need their kept
+    indices in ``out_keep`` (module name -> kept output channels), else they are left alone. ``bn``:
+    re-estimate, in the same pass, the BatchNorms that do not directly follow a re-fitted layer. At most
+    ``max_rows`` sampled output positions per layer; ``ridge`` is relative to the mean input energy.
+    Returns per-layer relative errors before and after the fit, images used, and the seconds taken.
+    """
+    from simprune.pruning.engine import iter_inputs
+
+    if layers not in ("consumers", "all"):
+        raise ValueError("layers must be 'consumers' or 'all'")
+    out_keep = out_keep or {}
+    batches = []
+    have = 0
+    for x in iter_inputs(calib, device):
+        batches.append(x)
+        have += x.shape[0]
+        if have >= max_images:
+            break
+    if not batches:
+        return {"layers": {}, "images": 0}
+    xs = torch.cat(batches)[:max_images]
+    dense_was, pruned_was = dense.training, pruned.training
+    dense.eval()
+    pruned.eval()
+    try:
+        order, follow_bn, biggest = _leaf_order(pruned, xs)
+        _, _, biggest_dense = _leaf_order(dense, xs)
+        per_image = 4 * max(biggest, biggest_dense)
+        n_img = max(1, min(xs.shape[0], ACT_BUDGET_BYTES // max(1, per_image)))
+        xs = xs[:n_img]
+
+        d_mods = dict(dense.named_modules())
+        p_mods = dict(pruned.named_modules())
+        pos = {n: i for i, n in enumerate(order)}
+        consumer_names = {c.name for s in specs for c in s.consumers}
+        root_names = {s.name for s in specs}
+        first = min((pos[n] for n in consumer_names | root_names if n in pos), default=None)
+        targets: list[str] = []
+        for name in order:
+            mod = p_mods.get(name)
+            dmod = d_mods.get(name)
+            if mod is None or dmod is None or not _is_fittable(mod) or not hasattr(mod, "weight"):
+                continue
+            if layers == "consumers":
+                if name not in consumer_names:
+                    continue
+            elif first is None or pos[name] < first:
+                continue
+            n_out = mod.weight.shape[0]
+            if n_out != dmod.weight.shape[0] and name not in out_keep:
+                continue
+            targets.append(name)
+        fitted = set(targets)
+        refit_bns = {follow_bn[n] for n in targets if n in follow_bn}
+
+        # dense pass: sampled target rows per layer
+        gen = torch.Generator().manual_seed(seed)
+        samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        hooks = []
+
+        def dense_hook(name: str) -> Callable[..., None]:
+            def fn(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
+                if name in samples:
+                    return
+                total = _n_positions(out)
+                if total > max_rows:
+                    idx = torch.randperm(total, generator=gen)[:max_rows].sort().values.to(out.device)
+                else:
+                    idx = torch.arange(total, device=out.device)
+                y = _rows_of_output(out, idx)
+                if name in out_keep and out.shape[1] != p_mods[name].weight.shape[0]:
+                    y = y[:, torch.as_tensor(out_keep[name], device=y.device)]
+                samples[name] = (idx, y.float())
+
+            return fn
+
+        for n in targets:
+            hooks.append(d_mods[n].register_forward_hook(dense_hook(n)))
+        try:
+            dense(xs)
+        finally:
+            for h in hooks:
+                h.remove()
+
+        def _dense_bn_stats(layer: str, bn_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+            dbn = d_mods[bn_name]
+            mean, var = dbn.running_mean.detach(), dbn.running_var.detach()
+            if layer in out_keep and mean.shape[0] != p_mods[bn_name].running_mean.shape[0]:
+                k = torch.as_tensor(out_keep[layer], device=mean.device)
+                mean, var = mean[k], var[k]
+            return mean, var
+
+        # pruned pass: fit each layer in a pre-hook, in execution order
+        report: dict[str, dict[str, float]] = {}
+        done: set[str] = set()
+
+        def fit_hook(name: str) -> Callable[..., None]:
+            def fn(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+                if name in done or name not in samples:
+                    return
+                if should_cancel and should_cancel():
+                    raise JobCancelled("cancelled during least-squares reconstruction")
+                done.add(name)
+                idx, y = samples[name]
+                x = _rows_of_input(mod, inp[0], idx)
+                w_old = mod.weight.detach().reshape(mod.weight.shape[0], -1)
+                b_old = mod.bias.detach() if mod.bias is not None else None
+                bn_mod = p_mods.get(follow_bn.get(name, ""))
+                has_bn = isinstance(bn_mod, nn.modules.batchnorm._BatchNorm) and bn_mod.running_mean is not None
+                intercept = b_old is not None or has_bn
+                yd = y.double()
+                pred_old = x.double() @ w_old.double().T + (b_old.double() if b_old is not None else 0.0)
+                energy = float(((yd - yd.mean(0)) ** 2).sum().clamp_min(1e-12))
+                err_old = float(((pred_old - yd) ** 2).sum()) / energy
+                w, b = _solve(x, y, intercept, ridge)
+                pred = x.double() @ w.T + b
+                err_new = float(((pred - yd) ** 2).sum()) / energy
+                if not math.isfinite(err_new) or err_new > err_old:
+                    report[name] = {"rel_err_before": err_old, "rel_err_after": err_old, "kept_old": 1.0}
+                    return
+                mod.weight.data.copy_(w.reshape(mod.weight.shape).to(mod.weight.dtype))
+                if b_old is not None:
+                    mod.bias.data.copy_(b.to(mod.bias.dtype))
+                elif bn_mod is not None:
+                    # the re-fitted output reproduces the dense pre-BN output minus the intercept: the BN
+                    # takes the dense statistics, its mean shifted by the intercept
+                    mean, var = _dense_bn_stats(name, follow_bn[name])
+                    bn_mod.running_mean.data.copy_((mean.double() - b).to(bn_mod.running_mean.dtype))
+                    bn_mod.running_var.data.copy_(var.to(bn_mod.running_var.dtype))
+                report[name] = {"rel_err_before": err_old, "rel_err_after": err_new}
+
+            return fn
+
+        def bn_hook(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+            t = inp[0]
+            dims = [0] + list(range(2, t.dim()))
+            mod.running_mean.data.copy_(t.mean(dims).to(mod.running_mean.dtype))
+            mod.running_var.data.copy_(t.var(dims, unbiased=True).to(mod.running_var.dtype))
+
+        hooks = [p_mods[n].register_forward_pre_hook(fit_hook(n)) for n in targets]
+        if bn:
+            for n, m in p_mods.items():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None \
+                        and n not in refit_bns and n in pos and (first is None or pos[n] >= first):
+                    hooks.append(m.register_forward_pre_hook(bn_hook))
+        try:
+            pruned(xs)
+        finally:
+            for h in hooks:
+                h.remove()
+    finally:
+        dense.train(dense_was)
+        pruned.train(pruned_was)
+    return {"layers": report, "images": int(xs.shape[0]), "fitted": len(fitted)}
