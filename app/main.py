@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from app.api.problems import install_problem_handlers
-from app.api.routes import datasets, health, jobs, meta, models
+from app.api.ratelimit import make_buckets
+from app.api.routes import datasets, health, jobs, meta, metrics, models
 from app.core.config import Settings, get_settings
 from app.storage import get_storage
 
@@ -52,7 +54,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.storage = get_storage(settings)
+    app.state.rate_buckets = make_buckets(settings)
+    app.state.metrics = api_metrics = metrics.ApiMetrics(settings)
     install_problem_handlers(app)
-    for r in (models.router, datasets.router, jobs.router, meta.router, health.router):
+    for r in (models.router, datasets.router, jobs.router, meta.router, health.router, metrics.router):
         app.include_router(r)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        api_metrics.requests.labels(request.method, route, str(response.status_code)).observe(
+            time.perf_counter() - start)
+        if request.method == "POST" and route in ("/v1/models", "/v1/datasets") and 400 <= response.status_code < 500:
+            api_metrics.uploads_rejected.labels(route.rsplit("/", 1)[-1]).inc()
+        return response
+
     return app

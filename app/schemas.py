@@ -85,6 +85,9 @@ class JobSpec(BaseModel):
     batch_size: int = Field(default=128, ge=1, le=4096)
     seed: int = 0
     exports: list[Literal["pt2", "onnx", "safetensors"]] = Field(default_factory=lambda: list(EXPORTS))
+    time_limit_s: float | None = Field(
+        default=None, gt=0, le=30 * 24 * 3600,
+        description="Fail the job when it runs longer than this (capped by the server's limit).")
 
     @model_validator(mode="after")
     def _one_target(self) -> JobSpec:

@@ -109,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-samples", type=int, default=1024)
     ap.add_argument("--cache", default="/tmp/simprune_bench_cache")
     ap.add_argument("--data", default=str(SHARED / "cifar10-jpeg"))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, skip them")
     ap.add_argument("--out", default="results.json")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     data = Path(args.data)
     if not (data / "test.zip").exists():
@@ -126,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     example = calib[:1].to(device)
     rows: list[dict[str, Any]] = []
     out = Path(args.out)
+    if args.resume and out.exists():
+        rows = json.loads(out.read_text())["rows"]
+    done = {(r["net"], r["method"], r["compensation"], r["target"]) for r in rows}
 
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
@@ -134,11 +141,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for net in args.nets.split(","):
         base = load_net(net, device)
-        base_acc = accuracy(base, tx, ty, device)
-        record({"net": net, "method": "dense", "compensation": None, "target": 0.0, "flops_reduction": 0.0,
-                "accuracy": base_acc})
+        prev = [r for r in rows if (r["net"], r["method"]) == (net, "dense")]
+        base_acc = prev[0]["accuracy"] if prev else accuracy(base, tx, ty, device)
+        if not prev:
+            record({"net": net, "method": "dense", "compensation": None, "target": 0.0, "flops_reduction": 0.0,
+                    "accuracy": base_acc})
         for target in [float(t) for t in args.targets.split(",")]:
-            if not args.no_tp:
+            if not args.no_tp and (net, "torch_pruning_l1", "off", target) not in done:
                 t0 = time.perf_counter()
                 m, red = tp_l1(base, example, target)
                 record({"net": net, "method": "torch_pruning_l1", "compensation": "off", "target": target,
@@ -146,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                         "prune_s": time.perf_counter() - t0})
             for method in args.methods.split(","):
                 for comp in args.compensation.split(","):
+                    if (net, method, comp, target) in done:
+                        continue
                     on = comp == "on"
                     t0 = time.perf_counter()
                     pm, rep = prune(base, example, method, target_flops_reduction=target, calib=calib,

@@ -7,10 +7,16 @@ and m = floor(C * (1 - r)) kept:
 - temperature T(e) = T_s + (T_e - T_s) * tanh(k e / 2) / tanh(k E / 2) (T_s = 1, T_e = 1e4, k = 1,
   e = current epoch, E = total epochs);
 - p_j = softmax_k(-D[j, k] * T); KL[j, k] = mean_i p_j(i) log(p_j(i) / (p_k(i) + 1e-7));
-  score_j = sum_k KL[j, k]; the m highest scores are kept (the previous epoch's choice when a score is
-  not finite; at the first epoch, where there is none, 0 log 0 is taken as 0);
+  score_j = sum_k KL[j, k]; the m highest scores are kept. Computed with log-probabilities (log-softmax),
+  so an underflowing probability contributes its limit (p log p -> 0) instead of NaN: the selection keeps
+  working at large T, where a literal evaluation would fall back to the previous epoch's choice for good.
+  At very large T every filter is equally distinct (tied scores); ties keep the previous epoch's filters;
 - the compact layer's weight is P @ W (bias P @ b) with P (m x C) the kept filters' distributions,
   recomputed from detached weights at the start of every epoch; gradients reach all C filters.
+
+With few epochs T stays small (one epoch: T = T_s = 1 throughout), so P blends many filters and a
+pretrained network starts far from its checkpoint; short runs from a checkpoint should raise ``t_start``
+(so that P is close to a row selector from the first epoch).
 
 The network is physically compact while it trains: a :class:`FusedConv2d` holds the full (C-filter) weight
 and emits m channels, and Torch-Pruning's dependency graph shrinks what consumes them (the following
@@ -52,22 +58,32 @@ def dcff_temperature(epoch: float, epochs: int, t_start: float = T_START, t_end:
     return t_start + (t_end - t_start) * math.tanh(k * epoch / 2.0) / math.tanh(k * epochs / 2.0)
 
 
-def dcff_distributions(weight: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Row j: p_j = softmax_k(-||F_j - F_k||_2 * T), in float64 (C x C)."""
+def dcff_log_distributions(weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row j: log p_j = log_softmax_k(-||F_j - F_k||_2 * T), in float64 (C x C).
+
+    Computed by subtracting the row maximum, so it stays finite where ``exp(-D * T)`` underflows (large T).
+    """
     w = weight.detach().reshape(weight.shape[0], -1).double()
     dist = torch.cdist(w.unsqueeze(0), w.unsqueeze(0), compute_mode="donot_use_mm_for_euclid_dist")[0]
-    return torch.softmax(-dist * temperature, dim=1)
+    return torch.log_softmax(-dist * temperature, dim=1)
 
 
-def dcff_scores(weight: torch.Tensor, temperature: float, *, zero_log_zero: bool = False) -> torch.Tensor:
+def dcff_distributions(weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row j: p_j = softmax_k(-||F_j - F_k||_2 * T), in float64 (C x C)."""
+    return dcff_log_distributions(weight, temperature).exp()
+
+
+def dcff_scores(weight: torch.Tensor, temperature: float) -> torch.Tensor:
     """score_j = sum_k mean_i p_j(i) log(p_j(i) / (p_k(i) + 1e-7)), float64, length C.
 
-    Computed as (sum_i p_j log p_j - sum_i p_j log(p_k + eps)) / C, which has the same non-finite pattern
-    as the direct formula (a zero probability gives NaN) unless ``zero_log_zero`` takes 0 log 0 = 0.
+    Computed with log-probabilities as (sum_i p_j log p_j - sum_i p_j log(p_k + eps)) / C: where a
+    probability underflows to zero its term is the formula's limit (``p log p -> 0``) instead of the
+    ``0 * log 0 = NaN`` of a literal evaluation, so scores stay finite at any temperature.
     """
-    p = dcff_distributions(weight, temperature)
+    logp = dcff_log_distributions(weight, temperature)
+    p = logp.exp()
     c = p.shape[1]
-    neg_entropy = torch.xlogy(p, p).sum(1) if zero_log_zero else (p * torch.log(p)).sum(1)
+    neg_entropy = (p * logp).sum(1)
     cross = p @ torch.log(p + KL_EPS).T  # cross[j, k] = sum_i p_j(i) log(p_k(i) + eps)
     kl = (neg_entropy[:, None] - cross) / c
     return kl.sum(1)
@@ -91,21 +107,29 @@ def dcff_select(
     """Kept filter indices (length m) and the fusion matrix P (m x C, rows = the kept filters' p_j).
 
     Indices are ascending, or, with ``prev_keep``, ordered so that filters kept in the previous epoch keep
-    their rows. If any score is not finite the previous choice is kept (first epoch: 0 log 0 := 0).
+    their rows. Tied scores prefer the previously kept filters; if a score is not finite (non-finite
+    weights) the previous choice is kept.
     ``P`` has ``weight``'s dtype and device.
     """
     c = weight.shape[0]
     if not 1 <= m <= c:
         raise InputError(f"DCFF needs 1 <= kept <= {c}, got {m}")
-    scores = dcff_scores(weight, temperature)
+    scores = dcff_scores(weight, temperature).cpu()
+    prev = None if prev_keep is None else prev_keep.detach().cpu().long()
     if torch.isfinite(scores).all():
-        keep = torch.sort(scores, descending=True, stable=True).indices[:m]
-    elif prev_keep is not None:
-        keep = prev_keep.detach().cpu().long()
+        # Highest score first; scores equal to 1e-9 (at high T every filter is equally distinct) are
+        # tied, and ties go to the previous epoch's filters, then to the lower index.
+        was_kept = torch.zeros(c, dtype=torch.bool)
+        if prev is not None:
+            was_kept[prev] = True
+        rounded = torch.round(scores * 1e9).tolist()
+        order = sorted(range(c), key=lambda i: (-rounded[i], not bool(was_kept[i]), i))
+        keep = torch.tensor(order[:m], dtype=torch.long)
+    elif prev is not None:
+        keep = prev
     else:
-        scores = dcff_scores(weight, temperature, zero_log_zero=True)
         keep = torch.sort(torch.nan_to_num(scores, nan=-math.inf), descending=True, stable=True).indices[:m]
-    rows = _assign_rows(keep.cpu(), None if prev_keep is None else prev_keep.detach().cpu())
+    rows = _assign_rows(keep, prev)
     p = dcff_distributions(weight, temperature)[rows]
     return rows.to(weight.device), p.to(dtype=weight.dtype, device=weight.device)
 
@@ -248,7 +272,7 @@ def prepare_dcff(
             raise InputError(f"DCFF cannot fuse layer {name!r} (plain, non-frozen Conv2d required)")
         if not 0.0 <= r < 1.0:
             raise InputError(f"pruning ratio for {name!r} must be in [0, 1), got {r}")
-        m = max(1, math.floor(conv.out_channels * (1.0 - r)))
+        m = max(1, math.floor(conv.out_channels * (1.0 - r) + 1e-9))  # r = 1 - m/C gives m back
         if m < conv.out_channels:
             plans.append((name, conv, m))
     for name, conv, _m in plans:

@@ -12,6 +12,12 @@ from typing import Any
 
 ProgressFn = Callable[[str, float], None]
 """``progress(stage, fraction)``: stage name and overall progress in [0, 1]."""
+DetailFn = Callable[[str, dict[str, Any]], None]
+"""``detail(stage, info)``: training progress (``epoch``, ``epochs``, ``step``, ``steps``, ``eta_s``, ``loss``,
+and after each epoch its record: ``train_loss``, ``top1``, ``seconds``)."""
+
+TRAINING_METHODS = ("dcff", "ssc")
+"""Methods that train the network themselves (they need training data and ``finetune.epochs``)."""
 
 # Share of the overall progress bar each stage covers (the rest is fine-tuning when asked).
 _STAGES = {"load": (0.0, 0.03), "eval_before": (0.03, 0.15), "prune": (0.15, 0.55),
@@ -80,13 +86,20 @@ def run_prune_job(
     out_dir: Path,
     progress: ProgressFn | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    detail: DetailFn | None = None,
 ) -> dict[str, Any]:
     """Run ``job``, write artifacts into ``out_dir`` and return the report (also written as report.json).
 
     Artifacts: model.pt2, model.onnx, weights.safetensors, plan.json (each verified against the in-memory
     pruned model), report.json, report.html and the plots it embeds. Raises
     :class:`simprune.errors.InputError` for bad input and :class:`simprune.errors.JobCancelled` when
-    ``should_cancel()`` turns true between stages or batches.
+    ``should_cancel()`` turns true between stages or batches. ``detail`` receives per-step/per-epoch
+    training progress with an ETA (fine-tuning, dcff, ssc).
+
+    ``method="dcff"`` trains the compact network from the checkpoint (dynamic-coded filter fusion) and
+    ``method="ssc"`` converts convs to structured sparse convolutions and trains them; both need
+    ``finetune={"train": ..., "epochs": N, ...}``. Fine-tuning checkpoints go to ``finetune.checkpoint_dir``
+    (default ``out_dir/finetune_ckpt``, removed after success): a rerun with the same directory resumes.
     """
     import torch
 
@@ -96,7 +109,7 @@ def run_prune_job(
     from simprune.errors import InputError, JobCancelled
     from simprune.evaluate import evaluate, select_device
     from simprune.export import export_all
-    from simprune.plan import load_pruned, make_plan
+    from simprune.plan import make_plan
     from simprune.pruning.engine import prune
     from simprune.zoo import build_for_state_dict, get_arch
 
@@ -106,9 +119,9 @@ def run_prune_job(
     timings: dict[str, float] = {}
     notify = progress or (lambda stage, frac: None)
 
-    def at(stage: str, frac: float = 0.0) -> None:
+    def at(stage: str, frac: float = 0.0, label: str | None = None) -> None:
         lo, hi = _STAGES[stage]
-        notify(stage, lo + (hi - lo) * min(max(frac, 0.0), 1.0))
+        notify(label or stage, lo + (hi - lo) * min(max(frac, 0.0), 1.0))
 
     def check_cancel() -> bool:
         return bool(should_cancel and should_cancel())
@@ -162,22 +175,34 @@ def run_prune_job(
     checkpoint("pruning")
     at("prune")
     dense = model
-    pruned, report = prune(
-        model, example.to(device), job.method,
-        target_flops_reduction=job.target_flops_reduction, pruning_ratio=job.pruning_ratio,
-        calib=calib, allocation=job.allocation, round_to=job.round_to,
-        method_options=job.method_options, compensation=job.compensation, device=device,
-        progress=lambda stage, frac: at("prune", frac), should_cancel=check_cancel,
-    )
-    timings.update({f"prune.{k}": v for k, v in report.pop("timings").items() if k != "total_s"})
-
+    ctx = _Ctx(job=job, out_dir=out_dir, device=device, example=example, input_size=input_size, mean=mean,
+               std=std, num_classes=num_classes, in_channels=in_channels, evals=evals, at=at,
+               check_cancel=check_cancel, detail=detail)
+    plan: dict[str, Any] | None
     finetune_report = None
-    if job.finetune and job.finetune.get("epochs", 0) > 0:
-        checkpoint("fine-tuning")
+    if job.method in TRAINING_METHODS:
         t = time.perf_counter()
-        finetune_report = _finetune(pruned, dense, job, mean, std, input_size, evals, device,
-                                    out_dir, lambda frac: at("finetune", frac), check_cancel)
-        timings["finetune"] = round(time.perf_counter() - t, 4)
+        run = _run_dcff if job.method == "dcff" else _run_ssc
+        pruned, report, plan, rebuild = run(dense, ctx)
+        timings["prune"] = round(report.pop("setup_s"), 4)
+        timings["train"] = round(time.perf_counter() - t - timings["prune"], 4)
+    else:
+        pruned, report = prune(
+            model, example.to(device), job.method,
+            target_flops_reduction=job.target_flops_reduction, pruning_ratio=job.pruning_ratio,
+            calib=calib, allocation=job.allocation, round_to=job.round_to,
+            method_options=job.method_options, compensation=job.compensation, device=device,
+            progress=lambda stage, frac: at("prune", frac), should_cancel=check_cancel,
+        )
+        timings.update({f"prune.{k}": v for k, v in report.pop("timings").items() if k != "total_s"})
+        if job.finetune and job.finetune.get("epochs", 0) > 0:
+            checkpoint("fine-tuning")
+            t = time.perf_counter()
+            finetune_report = _finetune(pruned, dense, ctx)
+            timings["finetune"] = round(time.perf_counter() - t, 4)
+        plan = make_plan(report, arch=job.arch, input_size=input_size, num_classes=num_classes,
+                         in_channels=in_channels, mean=mean, std=std)
+        rebuild = _rebuild_plan
 
     acc_after = None
     if evals is not None:
@@ -190,14 +215,14 @@ def run_prune_job(
     checkpoint("export")
     at("export")
     t = time.perf_counter()
-    plan = make_plan(report, arch=job.arch, input_size=input_size, num_classes=num_classes,
-                     in_channels=in_channels, mean=mean, std=std)
     exports = export_all(
-        pruned.cpu(), example, out_dir, formats=job.exports, plan=plan,
-        rebuild=lambda plan_path, weights_path: load_pruned(plan_path, weights_path),
+        pruned.cpu(), example, out_dir, formats=job.exports, plan=plan, rebuild=rebuild,
         progress=lambda step, frac: at("export", frac),
     )
     timings["export"] = round(time.perf_counter() - t, 4)
+    if finetune_report is None:
+        finetune_report = report.pop("finetune", None)
+    _drop_default_checkpoints(job, out_dir)
 
     at("report")
     t = time.perf_counter()
@@ -248,31 +273,284 @@ def _plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     return plots
 
 
-def _finetune(pruned: Any, dense: Any, job: PruneJob, mean: tuple[float, ...], std: tuple[float, ...],
-              input_size: tuple[int, ...], evals: Any, device: Any, out_dir: Path,
-              progress: Callable[[float], None], should_cancel: Callable[[], bool]) -> dict[str, Any]:
+@dataclass
+class _Ctx:
+    """What the method runners share with :func:`run_prune_job`."""
+
+    job: PruneJob
+    out_dir: Path
+    device: Any
+    example: Any
+    input_size: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int | None
+    in_channels: int
+    evals: Any
+    at: Callable[..., None]
+    check_cancel: Callable[[], bool]
+    detail: DetailFn | None
+
+
+def _rebuild_plan(plan_path: Path, weights_path: Path) -> Any:
+    from simprune.plan import load_pruned
+
+    return load_pruned(plan_path, weights_path)
+
+
+def _drop_default_checkpoints(job: PruneJob, out_dir: Path) -> None:
+    """After success, remove ``out_dir/finetune_ckpt`` (not an artifact); an explicit directory is kept."""
+    import shutil
+
+    if not (job.finetune or {}).get("checkpoint_dir"):
+        shutil.rmtree(out_dir / "finetune_ckpt", ignore_errors=True)
+
+
+def _train_setup(ctx: _Ctx, what: str) -> tuple[Any, Any, Path]:
+    """Training dataset, :class:`FinetuneConfig` and checkpoint directory from ``job.finetune``."""
     from simprune.data import open_dataset
     from simprune.errors import InputError
-    from simprune.finetune import FinetuneConfig, finetune
+    from simprune.finetune import FinetuneConfig
 
-    opts = dict(job.finetune or {})
+    opts = dict(ctx.job.finetune or {})
     train_path = opts.pop("train", None) or opts.pop("dataset", None)
-    if not train_path:
-        raise InputError("fine-tuning needs training data (--train / finetune.dataset_id)")
+    if not train_path or int(opts.get("epochs", 0) or 0) < 1:
+        raise InputError(f"{what} needs training data and epochs (--train DATA --finetune-epochs N; "
+                         "API: finetune.dataset_id and finetune.epochs)")
     train_limit = opts.pop("train_samples", None)
     ckpt_dir = opts.pop("checkpoint_dir", None)
     valid = set(FinetuneConfig.__dataclass_fields__)
     bad = set(opts) - valid
     if bad:
         raise InputError(f"unknown fine-tuning option(s) {sorted(bad)}; valid: {sorted(valid)}")
-    config = FinetuneConfig(**opts)
-    train_ds = open_dataset(train_path, mean=mean, std=std, input_size=input_size, train_augment=True,
-                            limit=train_limit, seed=job.seed)
-    eval_ds = evals.dataset if evals is not None else None
+    try:
+        config = FinetuneConfig(**opts)
+    except TypeError as exc:
+        raise InputError(f"bad fine-tuning options: {exc}") from None
+    config.validate()
+    train_ds = open_dataset(train_path, mean=ctx.mean, std=ctx.std, input_size=ctx.input_size, train_augment=True,
+                            limit=train_limit, seed=ctx.job.seed)
+    return train_ds, config, Path(ckpt_dir) if ckpt_dir else ctx.out_dir / "finetune_ckpt"
+
+
+def _train_progress(ctx: _Ctx, label: str) -> Callable[..., None]:
+    def cb(_stage: str, frac: float, info: dict[str, Any] | None = None) -> None:
+        ctx.at("finetune", frac, label)
+        if ctx.detail is not None and info:
+            ctx.detail(label, dict(info))
+
+    return cb
+
+
+def _finetune(pruned: Any, dense: Any, ctx: _Ctx) -> dict[str, Any]:
+    from simprune.finetune import FinetuneConfig, finetune
+
+    train_ds, config, ckpt_dir = _train_setup(ctx, "fine-tuning")
     result = finetune(
-        pruned, train_ds, config, teacher=dense if config.distill else None, eval_ds=eval_ds, device=device,
-        checkpoint_dir=Path(ckpt_dir) if ckpt_dir else out_dir / "finetune_ckpt",
-        progress=lambda stage, frac, info=None: progress(frac), should_cancel=should_cancel,
+        pruned, train_ds, config, teacher=dense if config.distill else None,
+        eval_ds=ctx.evals.dataset if ctx.evals is not None else None, device=ctx.device,
+        checkpoint_dir=ckpt_dir, progress=_train_progress(ctx, "finetune"), should_cancel=ctx.check_cancel,
     )
+    valid = set(FinetuneConfig.__dataclass_fields__)
     return {"history": result.history, "best_epoch": result.best_epoch, "best_top1": result.best_top1,
             "resumed_from": result.resumed_from, "config": {k: getattr(config, k) for k in valid}}
+
+
+def _per_layer(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    before_by = {r["name"]: r for r in before["per_layer"]}
+    rows = []
+    for r in after["per_layer"]:
+        b = before_by.get(r["name"], r)
+        rows.append({"name": r["name"], "type": r["type"],
+                     "channels_before": b["out_channels"], "channels_after": r["out_channels"],
+                     "in_channels_before": b["in_channels"], "in_channels_after": r["in_channels"],
+                     "flops_before": b["flops"], "flops_after": r["flops"]})
+    return rows
+
+
+def _pop_options(opts: dict[str, Any], defaults: dict[str, Any], method: str) -> dict[str, Any]:
+    from simprune.errors import InputError
+
+    bad = set(opts) - set(defaults)
+    if bad:
+        raise InputError(f"unknown option(s) {sorted(bad)} for method '{method}'; valid: {sorted(defaults)}")
+    return {k: opts.get(k, v) for k, v in defaults.items()}
+
+
+def _run_dcff(dense: Any, ctx: _Ctx) -> tuple[Any, dict[str, Any], dict[str, Any], Callable[..., Any]]:
+    """DCFF from the checkpoint: uniform per-layer ratios over the fusable convs meeting the target, training."""
+    from simprune.dcff import T_END, T_K, T_START, dcff_eligible_layers, dcff_train
+    from simprune.errors import InputError
+    from simprune.flops import count_model
+    from simprune.plan import make_plan
+    from simprune.pruning.allocation import refine_to_target, search_ratio, uniform_keep
+    from simprune.pruning.groups import FlopsModel, discover_groups
+
+    t0 = time.perf_counter()
+    job = ctx.job
+    opts = _pop_options(dict(job.method_options), {"t_start": T_START, "t_end": T_END, "k": T_K}, "dcff")
+    opts = {k: float(v) for k, v in opts.items()}
+    if job.pruning_ratio == "auto":
+        raise InputError("dcff has no automatic kept count; give a pruning ratio or a FLOPs target")
+    if job.allocation != "uniform":
+        raise InputError("dcff supports allocation 'uniform' only (one ratio over the fusable layers)")
+    if (job.target_flops_reduction is None) == (job.pruning_ratio is None):
+        raise InputError("give exactly one of target_flops_reduction and pruning_ratio")
+    train_ds, config, ckpt_dir = _train_setup(ctx, "dcff")
+    example = ctx.example.to(ctx.device)
+    before = count_model(dense, example)
+    _dg, all_specs, skipped = discover_groups(dense, example)
+    eligible = set(dcff_eligible_layers(dense, example))
+    specs = [s for s in all_specs if s.name in eligible and s.ch_groups == 1]
+    if not specs:
+        raise InputError("dcff found no convolution whose filters it can fuse in this model")
+    flops_model = FlopsModel(before["per_layer"], dict(dense.named_modules()), specs)
+
+    def keep_for(r: float) -> dict[str, int]:
+        return uniform_keep(specs, r, job.round_to)
+
+    if job.target_flops_reduction is not None:
+        ratio, keep = search_ratio(keep_for, flops_model, before["flops"], job.target_flops_reduction)
+        keep = refine_to_target(keep, specs, flops_model, before["flops"], job.target_flops_reduction,
+                                job.round_to)
+    else:
+        ratio = float(job.pruning_ratio)  # type: ignore[arg-type]
+        if not 0.0 <= ratio < 1.0:
+            raise InputError("pruning_ratio must be in [0, 1)")
+        keep = keep_for(ratio)
+    ratios = {s.name: 1.0 - keep[s.name] / s.n_channels for s in specs if keep[s.name] < s.n_channels}
+    if not ratios:
+        raise InputError("the requested reduction removes no channel")
+    setup_s = time.perf_counter() - t0
+    ctx.at("prune", 1.0)
+    compact, info = dcff_train(
+        dense, train_ds, per_layer_ratios=ratios, config=config, teacher=dense if config.distill else None,
+        eval_ds=ctx.evals.dataset if ctx.evals is not None else None, device=ctx.device,
+        progress=_train_progress(ctx, "train"), should_cancel=ctx.check_cancel, checkpoint_dir=ckpt_dir,
+        example_input=example, **opts,
+    )
+    after = count_model(compact, example)
+    layers = [{"layer": n, "channels_before": d["channels"], "keep": sorted(d["keep_final"])}
+              for n, d in info["layers"].items()]
+    report = {
+        "method": "dcff", "method_options": opts, "allocation": "uniform", "pruning_ratio": ratio,
+        "target_flops_reduction": job.target_flops_reduction, "round_to": job.round_to, "compensation": None,
+        "flops_before": before["flops"], "flops_after": after["flops"],
+        "params_before": before["params"], "params_after": after["params"],
+        "flops_reduction": 1.0 - after["flops"] / before["flops"],
+        "params_reduction": 1.0 - after["params"] / before["params"],
+        "per_layer": _per_layer(before, after),
+        "skipped_groups": skipped + [{"layer": s.name, "reason": "outputs coupled to other layers; dcff cannot "
+                                      "fuse"} for s in all_specs if s not in specs],
+        "plan": {"layers": layers},
+        "dcff": {"temperatures": info["temperatures"], "final_temperature": info["final_temperature"],
+                 "layers": info["layers"]},
+        "finetune": info["finetune"],
+        "setup_s": setup_s,
+    }
+    plan = make_plan(report, arch=job.arch, input_size=ctx.input_size, num_classes=ctx.num_classes,
+                     in_channels=ctx.in_channels, mean=ctx.mean, std=ctx.std)
+    return compact, report, plan, _rebuild_plan
+
+
+def _ssc_fraction_for(dense: Any, example: Any, target: float, convert: Callable[[Any, float], Any],
+                      flops_before: int) -> float:
+    """The k x k window fraction g whose effective FLOPs reduction is closest to ``target`` (bisection)."""
+    import copy
+
+    from simprune.ssc import ssc_stats
+
+    def reduction(frac: float) -> float:
+        st = ssc_stats(convert(copy.deepcopy(dense), frac), example)
+        return (st["macs_dense"] - st["macs_effective"]) / flops_before
+
+    lo, hi = 1e-6, 1.0
+    best = (hi, reduction(hi))
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        red = reduction(mid)
+        if abs(red - target) < abs(best[1] - target):
+            best = (mid, red)
+        if red > target:
+            lo = mid
+        else:
+            hi = mid
+    red_lo = reduction(1e-6)
+    if abs(red_lo - target) < abs(best[1] - target):
+        best = (1e-6, red_lo)
+    return best[0]
+
+
+def _run_ssc(dense: Any, ctx: _Ctx) -> tuple[Any, dict[str, Any], dict[str, Any], Callable[..., Any]]:
+    """Convert the convs to SSC (g, p from options or from the target), train, rewrite into standard ops."""
+    import copy
+
+    from simprune.errors import InputError
+    from simprune.finetune import finetune
+    from simprune.flops import count_model
+    from simprune.ssc import convert_to_ssc, export_ssc, load_ssc, ssc_plan, ssc_stats
+
+    t0 = time.perf_counter()
+    job = ctx.job
+    opts = _pop_options(dict(job.method_options), {"g": None, "p": 0, "aligned": False, "channel_stride": None,
+                                                   "reinit": False, "skip_stem": True}, "ssc")
+    train_ds, config, ckpt_dir = _train_setup(ctx, "ssc")
+    example = ctx.example.to(ctx.device)
+    before = count_model(dense, example)
+    p = opts["p"]
+
+    def convert(model: Any, g: int | float, reinit: bool = False) -> Any:
+        return convert_to_ssc(model, g, p, aligned=bool(opts["aligned"]), channel_stride=opts["channel_stride"],
+                              reinit=reinit, skip_stem=bool(opts["skip_stem"]))
+
+    g = opts["g"]
+    if g is None:
+        if job.pruning_ratio == "auto":
+            raise InputError("ssc has no automatic mode; give option g (and p), a ratio or a FLOPs target")
+        if job.target_flops_reduction is not None:
+            if not 0.0 < job.target_flops_reduction < 1.0:
+                raise InputError("target FLOPs reduction must be in (0, 1)")
+            g = _ssc_fraction_for(dense, example, job.target_flops_reduction, convert, before["flops"])
+        elif job.pruning_ratio is not None:
+            g = max(1.0 - float(job.pruning_ratio) - (p if isinstance(p, float) else 0.0), 1e-6)
+        else:
+            raise InputError("ssc needs option g (window of k x k input channels), a ratio or a FLOPs target")
+    model = convert(copy.deepcopy(dense), g, reinit=bool(opts["reinit"]))
+    setup_s = time.perf_counter() - t0
+    ctx.at("prune", 1.0)
+    result = finetune(
+        model, train_ds, config, teacher=dense if config.distill else None,
+        eval_ds=ctx.evals.dataset if ctx.evals is not None else None, device=ctx.device, checkpoint_dir=ckpt_dir,
+        progress=_train_progress(ctx, "train"), should_cancel=ctx.check_cancel, stage="ssc",
+    )
+    stats = ssc_stats(model, example)
+    exported = export_ssc(model).eval()
+    exp_counts = count_model(exported, example)
+    saved_flops = stats["macs_dense"] - stats["macs_effective"]
+    flops_after = before["flops"] - saved_flops
+    params_after = stats["model_params_effective"]
+    per_layer = _per_layer(before, before)
+    for row in per_layer:
+        layer = stats["layers"].get(row["name"])
+        if layer is not None:
+            row["flops_after"] = layer["macs_effective"]
+            row["density"] = layer["density"]
+    report = {
+        "method": "ssc", "method_options": {**opts, "g": g}, "allocation": None, "pruning_ratio": job.pruning_ratio,
+        "target_flops_reduction": job.target_flops_reduction, "round_to": None, "compensation": None,
+        "flops_before": before["flops"], "flops_after": flops_after,
+        "params_before": before["params"], "params_after": params_after,
+        "flops_reduction": 1.0 - flops_after / before["flops"],
+        "params_reduction": 1.0 - params_after / before["params"],
+        "flops_exported": exp_counts["flops"], "params_exported": exp_counts["params"],
+        "per_layer": per_layer,
+        "ssc": stats,
+        "notes": ["flops_after/params_after count the SSC layers' effective (non-masked) weights; the export "
+                  "uses grouped (+1x1) convs where exact, else dense convs with the mask baked in "
+                  "(flops_exported/params_exported)"],
+        "finetune": result.to_dict(),
+        "setup_s": setup_s,
+    }
+    plan = ssc_plan(model, arch=job.arch, input_size=ctx.input_size, num_classes=ctx.num_classes,
+                    in_channels=ctx.in_channels, mean=ctx.mean, std=ctx.std)
+    return exported, report, plan, lambda plan_path, weights_path: load_ssc(plan_path, weights_path)

@@ -384,3 +384,68 @@ def ssc_train(model: nn.Module, train_ds: Dataset, config: FinetuneConfig | None
     """Train an SSC model with :func:`simprune.finetune.finetune` (``config`` defaults to
     :func:`ssc_default_config`); keyword arguments are passed through (``eval_ds``, ``device``, ...)."""
     return finetune(model, train_ds, config or ssc_default_config(), **kwargs)
+
+
+SSC_PLAN_FORMAT = "simprune-ssc/1"
+
+
+def ssc_plan(
+    model: nn.Module,
+    *,
+    arch: str | None,
+    input_size: Sequence[int],
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """The ``plan.json`` of an SSC model: which convs were converted, with their resolved ``g``/``p``.
+
+    :func:`load_ssc` replays it on the dense architecture, rewrites it with :func:`export_ssc` and loads the
+    exported weights (``weights.safetensors`` of the standard-op model).
+    """
+    layers = [{"layer": n, "in_channels": m.in_channels, "out_channels": m.out_channels, "g": m.g, "p": m.p,
+               "aligned": m.aligned, "channel_stride": m.channel_stride}
+              for n, m in model.named_modules() if isinstance(m, SSConv2d)]
+    return {"format": SSC_PLAN_FORMAT, "arch": arch, "options": {"num_classes": num_classes,
+                                                                 "in_channels": in_channels},
+            "input_size": list(input_size), "mean": list(mean) if mean else None,
+            "std": list(std) if std else None, "method": "ssc", "weights": "exported", "layers": layers}
+
+
+def load_ssc(plan: Any, weights: Any, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the exported (standard-op) SSC model from ``plan`` (dict or path) and weights (path or dict).
+
+    The dense architecture comes from the zoo by the plan's ``arch``, or pass a fresh dense ``model``.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    if not isinstance(plan, dict):
+        plan = json.loads(Path(plan).read_text())
+    if plan.get("format") != SSC_PLAN_FORMAT:
+        raise InputError(f"not an SSC plan (format {plan.get('format')!r}, expected {SSC_PLAN_FORMAT!r})")
+    if model is None:
+        if not plan.get("arch"):
+            raise InputError("the plan names no zoo architecture; pass the dense model to rebuild from")
+        from simprune.zoo import build_model
+
+        opts = plan.get("options") or {}
+        model = build_model(plan["arch"], num_classes=opts.get("num_classes"), in_channels=opts.get("in_channels"))
+    modules = dict(model.named_modules())
+    for entry in plan["layers"]:
+        conv = modules.get(entry["layer"])
+        if not isinstance(conv, nn.Conv2d) or (conv.in_channels, conv.out_channels) != (
+                entry["in_channels"], entry["out_channels"]):
+            raise InputError(f"SSC plan layer {entry['layer']!r} does not match the model")
+        convert_to_ssc(model, int(entry["g"]), int(entry["p"]), [entry["layer"]], aligned=bool(entry["aligned"]),
+                       channel_stride=entry.get("channel_stride"), reinit=False, skip_stem=False)
+    out = export_ssc(model)
+    state = weights if isinstance(weights, dict) else load_file(str(weights))
+    try:
+        out.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"weights do not match the SSC plan: {exc}") from None
+    return out.eval()

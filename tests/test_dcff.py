@@ -72,14 +72,29 @@ def test_huge_temperature_gives_row_selector() -> None:
     torch.testing.assert_close(fused, w[keep])
 
 
-def test_non_finite_scores_fall_back_to_previous_choice() -> None:
+def test_huge_temperature_scores_are_finite_and_ties_keep_previous_choice() -> None:
     torch.manual_seed(2)
     w = torch.randn(8, 3, 3, 3)
-    assert not torch.isfinite(dcff_scores(w, 1e4)).all()  # underflowing probabilities: 0 log 0
+    scores = dcff_scores(w, 1e4)
+    assert torch.isfinite(scores).all()  # log-softmax: no 0 * log 0 = NaN where probabilities underflow
+    assert float(scores.max() - scores.min()) < 1e-9  # one-hot rows: every filter equally distinct
     prev = torch.tensor([7, 0, 3])
     keep, p = dcff_select(w, 3, 1e4, prev_keep=prev)
     assert keep.tolist() == [7, 0, 3]
     torch.testing.assert_close(p.argmax(1), prev)
+    keep0, _ = dcff_select(w, 3, 1e4)  # no previous choice: lowest indices among the tied
+    assert keep0.tolist() == [0, 1, 2]
+
+
+def test_moderate_temperature_selection_moves_with_the_weights() -> None:
+    """Where the literal formula underflows (NaN) the log-domain scores still rank: a near-duplicate goes."""
+    torch.manual_seed(4)
+    w = torch.randn(6, 2, 3, 3)
+    w[5] = w[0] + 0.01 * torch.randn(2, 3, 3)
+    with np.errstate(all="ignore"):
+        assert not np.isfinite(_numpy_scores(w.numpy(), 300.0)).all()
+    keep, _ = dcff_select(w, 5, 300.0, prev_keep=torch.tensor([1, 2, 3, 4, 5]))
+    assert not {0, 5} <= set(keep.tolist())  # one of the duplicate pair is dropped
 
 
 def test_rows_stay_put_across_epochs() -> None:

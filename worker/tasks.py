@@ -1,7 +1,10 @@
 """The one task: ``run_job(job_id)``. Thin: claim, resolve ids to files, call the engine, store artifacts.
 
 The database is the source of truth. The claim is a compare-and-set UPDATE (queued -> running, or a running
-job whose heartbeat is stale because its worker died), so a redelivered message is a harmless no-op.
+job whose heartbeat is stale because its worker died), so a redelivered message is a harmless no-op. The claim
+returns the attempt number, a fencing token: every later write of this attempt (progress, heartbeat, the
+final status) requires ``attempts`` to still equal it, and its artifacts live under ``jobs/<id>/<attempt>/``,
+so an attempt that lost its job to the sweeper can neither overwrite nor delete the new attempt's work.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import traceback
 from datetime import timedelta
@@ -24,10 +28,13 @@ from sqlalchemy import or_, select, update
 from app.core.celery import TASK_RUN_JOB
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
+from app.core.logs import current_job
 from app.models import Artifact, Dataset, Job, Model, new_id, utcnow
 from app.services import engine
-from app.storage import LocalStorage, Storage, get_storage
+from app.services.sweeper import attempt_prefix, job_time_limit
+from app.storage import LocalStorage, Storage, StorageError, get_storage
 from simprune.errors import InputError
+from worker import metrics
 from worker.celery_app import celery_app
 
 log = logging.getLogger("simprune.worker")
@@ -43,69 +50,123 @@ class JobTimeLimit(Exception):
     """The job ran longer than ``Settings.job_time_limit_s``."""
 
 
+class LostJob(Exception):
+    """This attempt no longer owns the job (the sweeper re-queued or failed it, or it was deleted)."""
+
+
 def worker_id() -> str:
     """``host:pid`` of this worker process."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim(settings: Settings, job_id: str) -> bool:
-    """Atomically move the job to ``running`` (from queued, or from a stale running attempt)."""
+def claim(settings: Settings, job_id: str) -> int | None:
+    """Atomically move the job to ``running`` (from queued, or from a stale running attempt while attempts are
+    left); returns the new attempt number (the fencing token), or None when the job is not claimable."""
     now = utcnow()
     stale = now - timedelta(seconds=settings.stale_job_after_s)
+    me = worker_id()
     with session_scope(settings.database_url) as s:
         res = s.execute(
             update(Job)
             .where(Job.id == job_id, Job.cancel_requested.is_(False),
-                   or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale)))
+                   or_(Job.status == "queued",
+                       (Job.status == "running") & (Job.heartbeat_at < stale) & (Job.attempts < settings.max_attempts)))
             .values(status="running", started_at=now, heartbeat_at=now, stage="starting", progress=0.0,
-                    attempts=Job.attempts + 1, worker_id=worker_id())
+                    attempts=Job.attempts + 1, worker_id=me)
         )
-        return res.rowcount == 1
+        if res.rowcount != 1:
+            return None
+        return s.scalar(select(Job.attempts).where(Job.id == job_id, Job.worker_id == me))
 
 
-def _finish(settings: Settings, job_id: str, **values: Any) -> None:
+def _mine(job_id: str, attempt: int) -> Any:
+    """The WHERE clause of a write by attempt ``attempt``: the job is still running this attempt."""
+    return (Job.id == job_id) & (Job.status == "running") & (Job.attempts == attempt)
+
+
+def _finish(settings: Settings, job_id: str, attempt: int, **values: Any) -> None:
     with session_scope(settings.database_url) as s:
-        s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+        s.execute(update(Job).where(_mine(job_id, attempt))
                   .values(finished_at=utcnow(), heartbeat_at=utcnow(), **values))
+
+
+class Heartbeat:
+    """A daemon thread writing ``heartbeat_at`` every ``heartbeat_interval_s`` while the job runs, so a job in
+    a long stage without progress callbacks is not taken for dead; it dies with its process."""
+
+    def __init__(self, settings: Settings, job_id: str, attempt: int) -> None:
+        self.settings, self.job_id, self.attempt = settings, job_id, attempt
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                with session_scope(self.settings.database_url) as s:
+                    s.execute(update(Job).where(_mine(self.job_id, self.attempt)).values(heartbeat_at=utcnow()))
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried next period
+                log.warning("heartbeat of job %s failed: %s", self.job_id, exc, extra={"job_id": self.job_id})
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 class Reporter:
     """Progress callback and cancellation check for the engine, throttled so the database is not hammered."""
 
-    def __init__(self, settings: Settings, job_id: str) -> None:
-        self.settings, self.job_id = settings, job_id
+    def __init__(self, settings: Settings, job_id: str, attempt: int, time_limit_s: float) -> None:
+        self.settings, self.job_id, self.attempt, self.time_limit_s = settings, job_id, attempt, time_limit_s
         self.started = time.monotonic()
+        self.stage_started = self.started
         self._last_write = 0.0
         self._last_stage: str | None = None
         self._last_check = 0.0
         self._cancel = False
         self.timed_out = False
+        self.lost = False
 
     def progress(self, stage: str, fraction: float) -> None:
         """Write stage/progress/heartbeat (on every stage change, else at most every progress_interval_s)."""
         now = time.monotonic()
         if stage == self._last_stage and now - self._last_write < self.settings.progress_interval_s:
             return
+        if stage != self._last_stage:
+            self.end_stage()
+            log.info("job %s: stage %s", self.job_id, stage, extra={"stage": stage})
         self._last_stage, self._last_write = stage, now
         frac = min(max(float(fraction), 0.0), 1.0)
         with session_scope(self.settings.database_url) as s:
-            s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running")
+            s.execute(update(Job).where(_mine(self.job_id, self.attempt))
                       .values(stage=stage, progress=frac, heartbeat_at=utcnow()))
+
+    def end_stage(self) -> None:
+        """Record the duration of the stage that just ended (Prometheus histogram)."""
+        now = time.monotonic()
+        if self._last_stage is not None:
+            metrics.observe_stage(self._last_stage, now - self.stage_started)
+        self.stage_started = now
 
     def should_cancel(self) -> bool:
         """True once the user asked to cancel (DB flag) or the time limit passed (checked throttled)."""
         now = time.monotonic()
-        if now - self.started > self.settings.job_time_limit_s:
+        if now - self.started > self.time_limit_s:
             self.timed_out = True
             return True
         if self._cancel or now - self._last_check < self.settings.cancel_check_interval_s:
             return self._cancel
         self._last_check = now
         with session_scope(self.settings.database_url) as s:
-            flag = s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-            s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running")
-                      .values(heartbeat_at=utcnow()))
-        self._cancel = bool(flag)
+            row = s.execute(select(Job.cancel_requested, Job.status, Job.attempts)
+                            .where(Job.id == self.job_id)).one_or_none()
+            s.execute(update(Job).where(_mine(self.job_id, self.attempt)).values(heartbeat_at=utcnow()))
+        # stop as well when this attempt lost the job (re-queued by the sweeper, failed, deleted)
+        self.lost = row is None or row[1] != "running" or row[2] != self.attempt
+        self._cancel = self.lost or bool(row[0])
         return self._cancel
 
 
@@ -163,74 +224,109 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _store_artifacts(settings: Settings, storage: Storage, job_id: str, out_dir: Path,
+def _store_artifacts(settings: Settings, storage: Storage, job_id: str, attempt: int, out_dir: Path,
                      report: dict[str, Any]) -> None:
-    """Move every output file into storage, then record them and the success in one transaction."""
+    """Move every output file into storage, then record them and the success in one transaction. On any
+    failure the files already stored are deleted again: a failed job serves no partial artifacts."""
     files = sorted(p for p in out_dir.rglob("*") if p.is_file())
     rows, keys = [], []
     try:
         for p in files:
             name = p.relative_to(out_dir).as_posix()
             size, digest = p.stat().st_size, _sha256(p)
-            key = f"jobs/{job_id}/{name}"
-            storage.put_file(key, p)
+            key = f"{attempt_prefix(job_id, attempt)}/{name}"
+            try:
+                storage.put_file(key, p)
+            except StorageError:
+                raise
+            except Exception as exc:  # any backend failure becomes one clear message
+                raise StorageError(f"storage error: could not store '{key}': {type(exc).__name__}: {exc}") from exc
             keys.append(key)
             ctype = CONTENT_TYPES.get(p.suffix.lower()) or mimetypes.guess_type(name)[0] or "application/octet-stream"
             rows.append(Artifact(id=new_id("art"), job_id=job_id, name=name, size=size, sha256=digest,
                                  storage_key=key, content_type=ctype))
         with session_scope(settings.database_url) as s:
-            status = s.scalar(select(Job.status).where(Job.id == job_id))
-            if status != "running":
-                raise RuntimeError(f"job left 'running' (now {status!r}) while it ran")
-            s.add_all(rows)
-            s.execute(update(Job).where(Job.id == job_id).values(
+            done = s.execute(update(Job).where(_mine(job_id, attempt)).values(
                 status="succeeded", stage="done", progress=1.0, result=report, error=None,
-                finished_at=utcnow(), heartbeat_at=utcnow()))
+                finished_at=utcnow(), heartbeat_at=utcnow())).rowcount
+            if done != 1:
+                status = s.scalar(select(Job.status).where(Job.id == job_id))
+                raise LostJob(f"job left attempt {attempt} (now {status!r}) while it ran")
+            s.add_all(rows)
     except BaseException:
         for key in keys:
-            storage.delete(key)
+            try:
+                storage.delete(key)
+            except Exception as exc:  # noqa: BLE001 - keep the original error
+                log.warning("could not delete %s: %s", key, exc)
         raise
 
 
 def execute_job(job_id: str, settings: Settings | None = None) -> str:
     """Run job ``job_id`` to completion; returns its final status (or ``"skipped"`` if not claimable)."""
     settings = settings or get_settings()
-    if not claim(settings, job_id):
-        log.info("job %s is not claimable (already taken, finished or cancelled); skipping", job_id)
-        return "skipped"
+    token = current_job.set(job_id)
+    try:
+        attempt = claim(settings, job_id)
+        if attempt is None:
+            log.info("job %s is not claimable (already taken, finished or cancelled); skipping", job_id)
+            return "skipped"
+        with Heartbeat(settings, job_id, attempt):
+            status = _execute(settings, job_id, attempt)
+        metrics.JOBS_FINISHED.labels(status=status).inc()
+        return status
+    finally:
+        current_job.reset(token)
+
+
+def _execute(settings: Settings, job_id: str, attempt: int) -> str:
     storage = get_storage(settings)
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=settings.tmp_dir))
-    reporter = Reporter(settings, job_id)
+    with session_scope(settings.database_url) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        s.expunge(job)
+    limit = job_time_limit(settings, job.spec)
+    reporter = Reporter(settings, job_id, attempt, limit)
     cancelled = engine.job_cancelled_type()
+    log.info("job %s: attempt %d started", job_id, attempt, extra={"attempt": attempt})
     try:
-        with session_scope(settings.database_url) as s:
-            job = s.get(Job, job_id)
-            assert job is not None
-            s.expunge(job)
         prune_job = _build_job(settings, storage, job, work)
         out_dir = work / "out"
         out_dir.mkdir()
         log.info("job %s: running %s on %s", job_id, job.method, prune_job.arch)
         report = engine.run_prune_job(prune_job, out_dir, reporter.progress, reporter.should_cancel)
-        _store_artifacts(settings, storage, job_id, out_dir, report)
+        reporter.end_stage()
+        _store_artifacts(settings, storage, job_id, attempt, out_dir, report)
         log.info("job %s: succeeded", job_id)
         return "succeeded"
     except cancelled:
+        if reporter.lost:
+            log.warning("job %s: attempt %d lost the job while it ran; results discarded", job_id, attempt)
+            return "lost"
         if reporter.timed_out:
-            msg = f"time limit exceeded: the job ran longer than {settings.job_time_limit_s:g} s"
-            _finish(settings, job_id, status="failed", error=msg)
+            msg = f"time limit exceeded: the job ran longer than {limit:g} s"
+            _finish(settings, job_id, attempt, status="failed", error=msg)
+            log.info("job %s: failed: %s", job_id, msg)
             return "failed"
-        _finish(settings, job_id, status="cancelled", error="cancelled by the user")
+        _finish(settings, job_id, attempt, status="cancelled", error="cancelled by the user")
         log.info("job %s: cancelled", job_id)
         return "cancelled"
+    except LostJob as exc:
+        log.warning("job %s: %s; results discarded", job_id, exc)
+        return "lost"
     except InputError as exc:
-        _finish(settings, job_id, status="failed", error=str(exc))
+        _finish(settings, job_id, attempt, status="failed", error=str(exc))
         log.info("job %s: failed: %s", job_id, exc)
+        return "failed"
+    except StorageError as exc:
+        _finish(settings, job_id, attempt, status="failed", error=str(exc))
+        log.error("job %s: failed: %s", job_id, exc)
         return "failed"
     except Exception as exc:
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-        _finish(settings, job_id, status="failed", error=f"internal error: {type(exc).__name__}: {exc}")
+        _finish(settings, job_id, attempt, status="failed", error=f"internal error: {type(exc).__name__}: {exc}")
         return "failed"
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,8 +37,35 @@ class Settings(BaseSettings):
     job_time_limit_s: float = Field(default=6 * 3600.0, gt=0, description="A running job is failed after this.")
     progress_interval_s: float = Field(default=0.5, ge=0, description="Min seconds between progress writes.")
     cancel_check_interval_s: float = Field(default=1.0, ge=0, description="Min seconds between cancel checks.")
-    stale_job_after_s: float = Field(default=600.0, gt=0,
-                                     description="A running job without heartbeat this long may be re-claimed.")
+    stale_job_after_s: float = Field(default=120.0, gt=0,
+                                     description="A running job without heartbeat this long is re-queued.")
+    heartbeat_interval_s: float = Field(default=10.0, gt=0, description="Worker heartbeat period while a job runs.")
+    sweep_interval_s: float = Field(default=30.0, ge=0,
+                                    description="Period of the sweeper in each worker (0 disables it).")
+    requeue_queued_after_s: float = Field(default=300.0, gt=0,
+                                          description="Re-send a queued job's message after this long.")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts before a job whose worker died is failed.")
+
+    storage: Literal["local", "s3"] = Field(default="local", description="Artifact storage backend.")
+    s3_bucket: str = Field(default="", description="Bucket for SIMPRUNE_STORAGE=s3.")
+    s3_prefix: str = Field(default="", description="Key prefix inside the bucket (e.g. 'simprune/').")
+    s3_endpoint_url: str = Field(default="", description="S3-compatible endpoint (MinIO, Ceph...); empty for AWS.")
+    s3_region: str = Field(default="us-east-1")
+    s3_access_key_id: str = Field(default="", description="Empty: boto3's usual credential chain.")
+    s3_secret_access_key: str = Field(default="")
+    s3_url_expiry_s: int = Field(default=3600, gt=0, description="Lifetime of presigned artifact URLs.")
+
+    rate_limit_enabled: bool = Field(default=True, description="Per-tenant token buckets on uploads and jobs.")
+    upload_rate_per_min: float = Field(default=120.0, gt=0, description="Sustained uploads per minute per tenant.")
+    upload_burst: int = Field(default=60, ge=1, description="Uploads a tenant may send at once.")
+    job_rate_per_min: float = Field(default=600.0, gt=0, description="Sustained job submissions per minute.")
+    job_burst: int = Field(default=300, ge=1, description="Job submissions a tenant may send at once.")
+    rate_limit_redis_url: str = Field(
+        default="", description="Share the buckets between API replicas; default: the broker when it is Redis.")
+
+    log_format: Literal["json", "text"] = Field(default="json", description="Worker log format.")
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535,
+                                     description="Serve the worker's Prometheus metrics on this port (0: off).")
     device: str = Field(default="auto", description="Device the worker prunes on: auto, cpu, cuda, cuda:N.")
 
     @model_validator(mode="after")
@@ -47,7 +75,16 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'simprune.db'}"
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("SIMPRUNE_STORAGE=s3 needs SIMPRUNE_S3_BUCKET")
         return self
+
+    @property
+    def rate_limit_redis(self) -> str:
+        """The Redis URL shared rate limiting uses ('' for in-process buckets)."""
+        if self.rate_limit_redis_url:
+            return self.rate_limit_redis_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else ""
 
     @property
     def storage_dir(self) -> Path:

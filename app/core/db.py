@@ -14,7 +14,7 @@ _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"  # packaged with app/
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -81,12 +81,11 @@ def dispose_engine(url: str) -> None:
 
 def upgrade_database(url: str, revision: str = "head") -> None:
     """Run the Alembic migrations on ``url`` up to ``revision`` (what ``simprune db upgrade`` does)."""
+    from alembic import command
     from alembic.config import Config
 
-    from alembic import command
-
     cfg = Config()
-    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["database_url"] = url
     ensure_sqlite_dir(url)
     command.upgrade(cfg, revision)

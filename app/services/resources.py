@@ -61,7 +61,8 @@ def _file(form: ParsedForm, name: str) -> UploadedFile:
     return up
 
 
-async def _store_and_commit(session: Session, storage: Storage, key: str, up: UploadedFile, row: Any) -> None:
+async def _store_and_commit(session: Session, storage: Storage, key: str, up: UploadedFile, row: Any,
+                            kind: str, metrics: Any = None) -> None:
     def store() -> None:
         storage.put_file(key, up.path)
         try:
@@ -71,12 +72,14 @@ async def _store_and_commit(session: Session, storage: Storage, key: str, up: Up
             session.rollback()
             storage.delete(key)
             raise
+        if metrics is not None:
+            metrics.upload_bytes.labels(kind).inc(up.size)
 
     await run_in_threadpool(store)
 
 
 async def create_model(
-    form: ParsedForm, tenant_id: str, session: Session, settings: Settings, storage: Storage
+    form: ParsedForm, tenant_id: str, session: Session, settings: Settings, storage: Storage, metrics: Any = None
 ) -> Model:
     """Validate the uploaded checkpoint (form fields ``file``, ``arch``, optional ``num_classes``, ``mean``,
     ``std``, ``input_size``) and store it as a Model of ``tenant_id``."""
@@ -107,12 +110,13 @@ async def create_model(
         params=info["params"], flops=info["flops"], filename=up.filename, sha256=up.sha256, size=up.size,
         storage_key=key,
     )
-    await _store_and_commit(session, storage, key, up, row)
+    await _store_and_commit(session, storage, key, up, row, "model", metrics)
     return row
 
 
 async def create_dataset(
-    form: ParsedForm, tenant_id: str, session: Session, settings: Settings, storage: Storage, field: str = "file"
+    form: ParsedForm, tenant_id: str, session: Session, settings: Settings, storage: Storage, field: str = "file",
+    metrics: Any = None,
 ) -> Dataset:
     """Validate the uploaded dataset (ImageFolder ``.zip`` or ``.npz`` in form field ``field``) and store it."""
     up = _file(form, field)
@@ -131,5 +135,5 @@ async def create_dataset(
         class_names=[str(n) for n in names] if names else None, filename=up.filename, sha256=up.sha256,
         size=up.size, storage_key=key,
     )
-    await _store_and_commit(session, storage, key, up, row)
+    await _store_and_commit(session, storage, key, up, row, "dataset", metrics)
     return row

@@ -133,15 +133,15 @@ def test_claim_is_compare_and_set(tmp_path: Path) -> None:
                      input_size=[3, 32, 32], params=1, flops=1, filename="x", sha256="0", size=1, storage_key="k"))
         db.flush()
         db.add(Job(id="j1", tenant_id="t1", model_id="m1", method="l1", spec={}, status="queued"))
-    assert claim(s, "j1") is True
-    assert claim(s, "j1") is False  # a second delivery while running
+    assert claim(s, "j1") == 1  # the attempt number is the fencing token
+    assert claim(s, "j1") is None  # a second delivery while running
     with session_scope(s.database_url) as db:  # the worker died: its heartbeat goes stale
         from datetime import timedelta
 
         from app.models import utcnow
         db.execute(update(Job).where(Job.id == "j1").values(heartbeat_at=utcnow() - timedelta(seconds=120)))
-    assert claim(s, "j1") is True
+    assert claim(s, "j1") == 2
     with session_scope(s.database_url) as db:
         assert db.scalar(select(Job.attempts).where(Job.id == "j1")) == 2
         db.execute(update(Job).where(Job.id == "j1").values(status="succeeded"))
-    assert claim(s, "j1") is False
+    assert claim(s, "j1") is None

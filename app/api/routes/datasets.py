@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import or_, select
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.pagination import page_rows, paginate
 from app.api.problems import Problem
+from app.api.ratelimit import rate_limit_uploads
 from app.models import Dataset, Job
 from app.schemas import DatasetOut, Page
 from app.services.resources import create_dataset
@@ -42,15 +43,18 @@ def get_owned_dataset(session: SessionDep, tenant_id: str, dataset_id: str) -> D
 
 
 @router.post("", status_code=201, response_model=DatasetOut, openapi_extra=DATASET_UPLOAD_BODY,
+             dependencies=[Depends(rate_limit_uploads)],
              summary="Upload a dataset",
-             responses={413: {"description": "file too large"}, 422: {"description": "not a valid dataset"}})
+             responses={413: {"description": "file too large"},
+                        429: {"description": "rate limited"}, 422: {"description": "not a valid dataset"}})
 async def upload_dataset(request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep,
                          tenant_id: TenantDep) -> DatasetOut:
     """Stream the archive to disk, check it (size, entry count, paths) and count samples and classes."""
     form = await parse_multipart(request, settings.tmp_dir, {"file": settings.max_dataset_bytes},
                                  settings.max_form_field_bytes)
     try:
-        row = await create_dataset(form, tenant_id, session, settings, storage)
+        row = await create_dataset(form, tenant_id, session, settings, storage,
+                                   metrics=request.app.state.metrics)
     finally:
         form.cleanup()
     return DatasetOut.model_validate(row)

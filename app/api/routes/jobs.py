@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, in_thread
 from app.api.pagination import page_rows, paginate
 from app.api.problems import Problem
+from app.api.ratelimit import rate_limit_jobs
 from app.api.routes.datasets import get_owned_dataset
 from app.api.routes.models import get_owned_model
 from app.core.celery import enqueue_job
@@ -148,6 +149,7 @@ def _create_job(
         calibration_dataset_id=spec.calibration_dataset_id, eval_dataset_id=spec.eval_dataset_id,
         spec=spec.model_dump(mode="json", exclude={"calibration_dataset_id", "eval_dataset_id"}),
         status="queued", progress=0.0, idempotency_key=idempotency_key, cancel_requested=False, attempts=0,
+        enqueued_at=utcnow(),
     )
     session.add(job)
     try:
@@ -202,9 +204,11 @@ def _validation_problem(exc: ValidationError) -> Problem:
     return Problem(422, detail, "validation-error", "Invalid request", errors=errors)
 
 
-@router.post("", status_code=202, response_model=JobOut, openapi_extra=SUBMIT_BODY, summary="Submit a job",
+@router.post("", status_code=202, response_model=JobOut, openapi_extra=SUBMIT_BODY,
+             dependencies=[Depends(rate_limit_jobs)], summary="Submit a job",
              responses={200: {"description": "an earlier job with the same Idempotency-Key"},
-                        404: {"description": "model or dataset not found"}, 503: {"description": "queue down"}})
+                        404: {"description": "model or dataset not found"},
+                        429: {"description": "rate limited"}, 503: {"description": "queue down"}})
 async def submit_job(
     request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep, tenant_id: TenantDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
@@ -223,7 +227,7 @@ async def submit_job(
                 return replay
             spec = _spec_from_form(form.fields)
             await in_thread(session, _validate_spec, session, tenant_id, spec)
-            model = await create_model(form, tenant_id, session, settings, storage)
+            model = await create_model(form, tenant_id, session, settings, storage, request.app.state.metrics)
         finally:
             form.cleanup()
         return await in_thread(session, _create_job, request, session, settings, tenant_id, model.id, spec,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.pagination import page_rows, paginate
 from app.api.problems import Problem
+from app.api.ratelimit import rate_limit_uploads
 from app.models import Job, Model
 from app.schemas import ModelOut, Page
 from app.services.resources import create_model
@@ -47,15 +48,17 @@ def get_owned_model(session: SessionDep, tenant_id: str, model_id: str) -> Model
 
 
 @router.post("", status_code=201, response_model=ModelOut, openapi_extra=MODEL_UPLOAD_BODY,
+             dependencies=[Depends(rate_limit_uploads)],
              summary="Upload a checkpoint",
-             responses={413: {"description": "file too large"}, 422: {"description": "not a valid checkpoint"}})
+             responses={413: {"description": "file too large"},
+                        429: {"description": "rate limited"}, 422: {"description": "not a valid checkpoint"}})
 async def upload_model(request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep,
                        tenant_id: TenantDep) -> ModelOut:
     """Stream the checkpoint to disk, load it safely, build it into ``arch`` and count params/FLOPs."""
     form = await parse_multipart(request, settings.tmp_dir, {"file": settings.max_checkpoint_bytes},
                                  settings.max_form_field_bytes)
     try:
-        row = await create_model(form, tenant_id, session, settings, storage)
+        row = await create_model(form, tenant_id, session, settings, storage, request.app.state.metrics)
     finally:
         form.cleanup()
     return ModelOut.model_validate(row)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from logging.config import fileConfig
 
+from alembic import context
 from sqlalchemy import create_engine, pool
 
-from alembic import context
 from app.core.config import get_settings
 from app.core.db import ensure_sqlite_dir
 from app.models import Base

@@ -1,0 +1,191 @@
+"""Compensation: folding removed channels, least-squares reconstruction, and the engine with it on/off."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from simprune.compensation import fold_removed, merge_map, reconstruct_consumers
+from simprune.criteria.base import ChannelGroup, Consumer, Selection
+from simprune.pruning.engine import prune
+from simprune.pruning.groups import GroupSpec
+
+
+def _features_with_affine_copy(alpha: float, beta: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(16, 4, 5, 5, generator=g)
+    f[:, 2] = alpha * f[:, 0] + beta  # channel 2 is an affine function of channel 0
+    return f
+
+
+def _slice_in(conv: nn.Conv2d, keep: list[int]) -> nn.Conv2d:
+    out = nn.Conv2d(len(keep), conv.out_channels, conv.kernel_size, bias=conv.bias is not None)
+    out.weight.data = conv.weight.data[:, keep].clone()
+    if conv.bias is not None:
+        out.bias.data = conv.bias.data.clone()
+    return out
+
+
+@pytest.mark.parametrize("given_merge", [False, True])
+def test_fold_into_bias_is_exact(given_merge: bool) -> None:
+    torch.manual_seed(0)
+    f = _features_with_affine_copy(-1.7, 0.4)
+    consumer = nn.Conv2d(4, 3, 1, bias=True)
+    dense_out = consumer(f).detach()
+    group = ChannelGroup(name="p", conv=nn.Conv2d(1, 4, 1), bn=None, n_channels=4,
+                         consumers=[Consumer("c", consumer)], features=f)
+    keep = [0, 1, 3]
+    merge = {2: (0, -1.7, 0.4)} if given_merge else None
+    sel = Selection(keep=torch.tensor(keep), merge=merge)
+    mapping = merge_map(group, sel)
+    assert mapping[2][0] == 0 and mapping[2][1] == pytest.approx(-1.7, abs=1e-5)
+    info = fold_removed(group, sel)
+    assert info["folded"] == 1 and info["constant"] == {"c": "bias"}
+    pruned_out = _slice_in(consumer, keep)(f[:, keep])
+    assert torch.allclose(pruned_out, dense_out, atol=1e-4)
+
+
+def test_fold_into_following_batchnorm_is_exact() -> None:
+    torch.manual_seed(0)
+    f = _features_with_affine_copy(0.8, -1.1)
+    consumer = nn.Conv2d(4, 3, 1, bias=False)
+    bn = nn.BatchNorm2d(3).eval()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.5, 0.5)
+    dense_out = bn(consumer(f)).detach()
+    group = ChannelGroup(name="p", conv=nn.Conv2d(1, 4, 1), bn=None, n_channels=4,
+                         consumers=[Consumer("c", consumer)], features=f, extra={"consumer_bns": {"c": bn}})
+    info = fold_removed(group, Selection(keep=torch.tensor([0, 1, 3])))
+    assert info["constant"] == {"c": "bn"}
+    pruned_out = bn(_slice_in(consumer, [0, 1, 3])(f[:, [0, 1, 3]]))
+    assert torch.allclose(pruned_out, dense_out, atol=1e-4)
+    # without a bias or a BN the constant is dropped, and that is reported (the linear part still folds)
+    consumer2 = nn.Conv2d(4, 3, 1, bias=False)
+    group2 = ChannelGroup(name="p", conv=nn.Conv2d(1, 4, 1), bn=None, n_channels=4,
+                          consumers=[Consumer("c", consumer2)], features=f)
+    assert fold_removed(group2, Selection(keep=torch.tensor([0, 1, 3])))["constant"] == {"c": "dropped"}
+
+
+def test_fold_respects_min_r2() -> None:
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(32, 3, 4, 4, generator=g)  # independent channels: r^2 ~ 0
+    consumer = nn.Conv2d(3, 2, 1)
+    w0 = consumer.weight.detach().clone()
+    group = ChannelGroup(name="p", conv=nn.Conv2d(1, 3, 1), bn=None, n_channels=3,
+                         consumers=[Consumer("c", consumer)], features=f)
+    info = fold_removed(group, Selection(keep=torch.tensor([0, 1])), min_r2=0.5)
+    assert info["skipped_low_r2"] == 1 and info["folded"] == 0
+    assert torch.equal(consumer.weight, w0)
+
+
+def _two_layer(relu: bool) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 6, 3, padding=1)]
+    if relu:
+        layers.append(nn.ReLU())
+    layers.append(nn.Conv2d(6, 4, 3, padding=1))
+    return nn.Sequential(*layers).eval()
+
+
+def _remove_out_channels(net: nn.Sequential, keep: list[int]) -> nn.Sequential:
+    p = copy.deepcopy(net)
+    first, last = p[0], p[len(p) - 1]
+    first.weight.data = first.weight.data[keep].clone()
+    first.bias.data = first.bias.data[keep].clone()
+    first.out_channels = len(keep)
+    last.weight.data = last.weight.data[:, keep].clone()
+    last.in_channels = len(keep)
+    return p
+
+
+def _spec(net: nn.Sequential) -> list[GroupSpec]:
+    last = str(len(net) - 1)
+    return [GroupSpec(name="0", root=net[0], n_channels=6, consumers=[Consumer(last, net[len(net) - 1])])]
+
+
+def test_lstsq_recovers_linear_combination_exactly() -> None:
+    dense = _two_layer(relu=False)
+    with torch.no_grad():  # conv1's channel 5 = 0.7 * channel 1 - 0.2 * channel 2 (bias included)
+        dense[0].weight[5] = 0.7 * dense[0].weight[1] - 0.2 * dense[0].weight[2]
+        dense[0].bias[5] = 0.7 * dense[0].bias[1] - 0.2 * dense[0].bias[2]
+    x = torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(2))
+    keep = [0, 1, 2, 3, 4]
+    pruned = _remove_out_channels(dense, keep)
+    y = dense(x).detach()
+    before = (pruned(x) - y).pow(2).mean().item()
+    info = reconstruct_consumers(dense, pruned, _spec(pruned), x, torch.device("cpu"), ridge=1e-9)
+    after = (pruned(x) - y).pow(2).mean().item()
+    assert info["layers"]["1"]["rel_err_after"] < 1e-6
+    assert before > 1e-3 and after < 1e-6 * max(1.0, y.pow(2).mean().item())
+
+
+def test_lstsq_reduces_error_with_nonlinearity() -> None:
+    dense = _two_layer(relu=True)
+    x = torch.randn(16, 3, 10, 10, generator=torch.Generator().manual_seed(3))
+    pruned = _remove_out_channels(dense, [0, 2, 4])
+    y = dense(x).detach()
+    before = (pruned(x) - y).pow(2).mean().item()
+    reconstruct_consumers(dense, pruned, _spec(pruned), [(x[:8], None), (x[8:], None)], None)
+    after = (pruned(x) - y).pow(2).mean().item()
+    assert after < 0.7 * before
+
+
+def _trained_tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A small conv net trained (deterministically) to imitate a fixed random teacher on 8x8 inputs."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(768, 3, 8, 8, generator=gen)
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                            nn.Linear(32, 4))
+    with torch.no_grad():
+        y = teacher(x).argmax(1)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 4),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(150):
+        i = (step * 64) % 512
+        loss = nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors run faster on one thread (and the shared machine is busy)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_engine_compensation_beats_none_on_trained_model(one_thread: None) -> None:
+    model, x, y = _trained_tiny()
+    calib, test = x[:512], x[512:]
+    with torch.no_grad():
+        ref = model(test)
+
+    def fidelity(comp: dict[str, bool] | None) -> tuple[float, float]:
+        pm, rep = prune(model, x[:2], "l1", pruning_ratio=0.5, calib=calib, compensation=comp)
+        with torch.no_grad():
+            out = pm(test)
+        assert rep["compensation"] == ({"fold": False, "lstsq": False, "bn": False} if comp else
+                                       {"fold": True, "lstsq": True, "bn": True})
+        return (out - ref).pow(2).mean().item(), (out.argmax(1) == ref.argmax(1)).float().mean().item()
+
+    mse_off, agree_off = fidelity({"fold": False, "lstsq": False, "bn": False})
+    mse_on, agree_on = fidelity(None)
+    assert mse_on < 0.5 * mse_off
+    assert agree_on >= agree_off
+    # the model itself is untouched
+    with torch.no_grad():
+        assert torch.equal(model(test), ref)
