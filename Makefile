@@ -9,7 +9,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 DATA    ?= data
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench deploy-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: install lint
 bench: install
 	$(BIN)/python bench/latency.py --quick
 	$(BIN)/python bench/accuracy.py
+
+deploy-check: install
+	docker-compose --env-file .env.example -f docker-compose.yml config -q
+	$(BIN)/hadolint docker/api.Dockerfile docker/worker.Dockerfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

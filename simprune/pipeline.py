@@ -453,20 +453,27 @@ def _run_dcff(dense: Any, ctx: _Ctx) -> tuple[Any, dict[str, Any], dict[str, Any
     return compact, report, plan, _rebuild_plan
 
 
-def _ssc_fraction_for(dense: Any, example: Any, target: float, convert: Callable[[Any, float], Any],
-                      flops_before: int) -> float:
-    """The k x k window fraction g whose effective FLOPs reduction is closest to ``target`` (bisection)."""
-    import copy
+def _ssc_fraction_for(dense: Any, target: float, flops: dict[str, Any], p: int | float,
+                      opts: dict[str, Any]) -> float:
+    """The k x k window fraction g whose effective FLOPs reduction is closest to ``target`` (bisection).
 
-    from simprune.ssc import ssc_stats
+    A converted conv keeps ``(g * kh * kw + p) / (C_in * kh * kw)`` of its MACs (``flops`` = dense counts).
+    """
+    from simprune.ssc import ssc_conversions
+
+    layer_flops = {r["name"]: r["flops"] for r in flops["per_layer"]}
 
     def reduction(frac: float) -> float:
-        st = ssc_stats(convert(copy.deepcopy(dense), frac), example)
-        return (st["macs_dense"] - st["macs_effective"]) / flops_before
+        saved = 0.0
+        for name, conv, gi, pi in ssc_conversions(dense, frac, p, aligned=bool(opts["aligned"]),
+                                                  skip_stem=bool(opts["skip_stem"])):
+            kk = conv.kernel_size[0] * conv.kernel_size[1]
+            saved += layer_flops.get(name, 0) * (1.0 - (gi * kk + pi) / (conv.in_channels * kk))
+        return saved / flops["flops"]
 
     lo, hi = 1e-6, 1.0
     best = (hi, reduction(hi))
-    for _ in range(14):
+    for _ in range(30):
         mid = (lo + hi) / 2
         red = reduction(mid)
         if abs(red - target) < abs(best[1] - target):
@@ -510,7 +517,7 @@ def _run_ssc(dense: Any, ctx: _Ctx) -> tuple[Any, dict[str, Any], dict[str, Any]
         if job.target_flops_reduction is not None:
             if not 0.0 < job.target_flops_reduction < 1.0:
                 raise InputError("target FLOPs reduction must be in (0, 1)")
-            g = _ssc_fraction_for(dense, example, job.target_flops_reduction, convert, before["flops"])
+            g = _ssc_fraction_for(dense, job.target_flops_reduction, before, p, opts)
         elif job.pruning_ratio is not None:
             g = max(1.0 - float(job.pruning_ratio) - (p if isinstance(p, float) else 0.0), 1e-6)
         else:

@@ -186,6 +186,37 @@ def convert_to_ssc(
     ``reinit`` re-initialises the converted layers (pruning at initialisation); otherwise the dense weights
     are kept under the mask.
     """
+    converted = 0
+    for name, conv, gi, pi in ssc_conversions(model, g, p, layers, aligned=aligned, skip_stem=skip_stem):
+        layer = SSConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                         conv.padding, g=gi, p=pi, bias=conv.bias is not None, dilation=conv.dilation,
+                         aligned=aligned, channel_stride=channel_stride)
+        layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        if not reinit:
+            with torch.no_grad():
+                layer.weight.copy_(conv.weight * layer.mask)
+                if conv.bias is not None:
+                    layer.bias.copy_(conv.bias)
+        _set_module(model, name, layer)
+        converted += 1
+    if converted == 0:
+        raise InputError("no convolution of the model could be converted to SSC")
+    return model
+
+
+def ssc_conversions(
+    model: nn.Module,
+    g: int | float,
+    p: int | float,
+    layers: Sequence[str] | Callable[[str, nn.Conv2d], bool] | None = None,
+    *,
+    aligned: bool = False,
+    skip_stem: bool = True,
+) -> list[tuple[str, nn.Conv2d, int, int]]:
+    """The convs :func:`convert_to_ssc` would convert, as ``(name, conv, g, p)`` with g/p resolved per layer.
+
+    Raises :class:`InputError` for an explicitly named layer that cannot be converted.
+    """
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     stem = convs[0][0] if convs else None
     explicit = set(layers) if layers is not None and not callable(layers) else None
@@ -193,7 +224,7 @@ def convert_to_ssc(
         missing = explicit - {n for n, _ in convs}
         if missing:
             raise InputError(f"not Conv2d layers of the model: {sorted(missing)}")
-    converted = 0
+    out = []
     for name, conv in convs:
         if explicit is not None and name not in explicit:
             continue
@@ -215,20 +246,8 @@ def convert_to_ssc(
             if explicit is not None:
                 raise InputError(f"cannot convert {name!r} to SSC: {reason}")
             continue
-        layer = SSConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                         conv.padding, g=gi, p=pi, bias=conv.bias is not None, dilation=conv.dilation,
-                         aligned=aligned, channel_stride=channel_stride)
-        layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        if not reinit:
-            with torch.no_grad():
-                layer.weight.copy_(conv.weight * layer.mask)
-                if conv.bias is not None:
-                    layer.bias.copy_(conv.bias)
-        _set_module(model, name, layer)
-        converted += 1
-    if converted == 0:
-        raise InputError("no convolution of the model could be converted to SSC")
-    return model
+        out.append((name, conv, gi, pi))
+    return out
 
 
 class GroupedPlusPointwise(nn.Module):

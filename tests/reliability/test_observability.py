@@ -105,3 +105,45 @@ def test_json_logs_carry_the_job_id() -> None:
     line = json.loads(buf.getvalue())
     assert line["job_id"] == "job_abc" and line["message"] == "stage prune" and line["stage"] == "prune"
     assert line["level"] == "INFO" and line["ts"].endswith("+00:00")
+
+
+def test_full_disk_fails_the_store_and_leaves_no_partial_artifacts(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import shutil
+
+    from sqlalchemy import select
+
+    from app.core.db import session_scope
+    from app.models import Artifact, Job, Model, Tenant
+    from app.storage import LocalStorage
+    from worker.tasks import _store_artifacts
+
+    s = make_embedded(tmp_path / "data")
+    with session_scope(s.database_url) as db:
+        db.add(Tenant(id="t", name="t"))
+        db.flush()
+        db.add(Model(id="m", tenant_id="t", arch="cifar_resnet20", num_classes=10, in_channels=3,
+                     input_size=[3, 32, 32], params=1, flops=1, filename="x", sha256="0", size=1, storage_key="k"))
+        db.flush()
+        db.add(Job(id="j", tenant_id="t", model_id="m", method="l1", spec={}, status="running", attempts=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a.json", "b.json", "c.json"):
+        (out / name).write_text("{}")
+    real_move, calls = shutil.move, []
+
+    def full_disk(src: str, dst: object) -> object:
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_move(src, dst)
+
+    monkeypatch.setattr(shutil, "move", full_disk)
+    storage = LocalStorage(s.storage_dir)
+    with pytest.raises(StorageError, match=r"storage error: could not store 'jobs/j/1/b.json'.*No space left"):
+        _store_artifacts(s, storage, "j", 1, out, {"ok": True})
+    assert [p for p in s.storage_dir.rglob("*") if p.is_file()] == []  # a.json was removed again
+    with session_scope(s.database_url) as db:
+        assert list(db.scalars(select(Artifact))) == []
+        assert db.scalar(select(Job.status).where(Job.id == "j")) == "running"  # the caller marks it failed
