@@ -250,6 +250,53 @@ def _build_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[tp.Depe
     return dg, was_training
 
 
+def dcff_layer_ratios(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    target_flops_reduction: float | None = None,
+    pruning_ratio: float | None = None,
+    round_to: int | None = None,
+) -> tuple[float, dict[str, float], list[dict[str, str]]]:
+    """One uniform ratio over the fusable convs, from a ratio or searched for a FLOPs target.
+
+    Uses the engine's group discovery, exact FLOPs model and ratio search restricted to
+    :func:`dcff_eligible_layers`. Returns ``(ratio, {layer: ratio giving its kept count}, skipped)`` where
+    ``skipped`` lists the groups left whole, with the reason.
+    """
+    from simprune.flops import count_model
+    from simprune.pruning.allocation import refine_to_target, search_ratio, uniform_keep
+    from simprune.pruning.groups import FlopsModel, discover_groups
+
+    if (target_flops_reduction is None) == (pruning_ratio is None):
+        raise InputError("give exactly one of target_flops_reduction and pruning_ratio")
+    before = count_model(model, example_input)
+    _dg, all_specs, skipped = discover_groups(model, example_input)
+    eligible = set(dcff_eligible_layers(model, example_input))
+    specs = [s for s in all_specs if s.name in eligible and s.ch_groups == 1]
+    if not specs:
+        raise InputError("dcff found no convolution whose filters it can fuse in this model")
+    skipped = skipped + [{"layer": s.name, "reason": "outputs coupled to other layers; dcff cannot fuse"}
+                         for s in all_specs if s not in specs]
+    flops_model = FlopsModel(before["per_layer"], dict(model.named_modules()), specs)
+
+    def keep_for(r: float) -> dict[str, int]:
+        return uniform_keep(specs, r, round_to)
+
+    if target_flops_reduction is not None:
+        ratio, keep = search_ratio(keep_for, flops_model, before["flops"], target_flops_reduction)
+        keep = refine_to_target(keep, specs, flops_model, before["flops"], target_flops_reduction, round_to)
+    else:
+        ratio = float(pruning_ratio)  # type: ignore[arg-type]
+        if not 0.0 <= ratio < 1.0:
+            raise InputError("pruning_ratio must be in [0, 1)")
+        keep = keep_for(ratio)
+    ratios = {s.name: 1.0 - keep[s.name] / s.n_channels for s in specs if keep[s.name] < s.n_channels}
+    if not ratios:
+        raise InputError("the requested reduction removes no channel")
+    return ratio, ratios, skipped
+
+
 def prepare_dcff(
     model: nn.Module,
     example_input: torch.Tensor,

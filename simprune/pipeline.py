@@ -147,6 +147,10 @@ def run_prune_job(
     std = tuple(job.std or info.std)
     if len(mean) != input_size[0] or len(std) != input_size[0]:
         raise InputError(f"mean/std need {input_size[0]} values (one per input channel)")
+    ft = job.finetune or {}
+    if job.method in TRAINING_METHODS and not ((ft.get("train") or ft.get("dataset")) and ft.get("epochs")):
+        raise InputError(f"{job.method} trains the network: it needs training data and epochs (--train DATA "
+                         "--finetune-epochs N; API: finetune.dataset_id and finetune.epochs)")
     model.to(device).eval()
     example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(job.seed))
 
@@ -379,12 +383,10 @@ def _pop_options(opts: dict[str, Any], defaults: dict[str, Any], method: str) ->
 
 def _run_dcff(dense: Any, ctx: _Ctx) -> tuple[Any, dict[str, Any], dict[str, Any], Callable[..., Any]]:
     """DCFF from the checkpoint: uniform per-layer ratios over the fusable convs meeting the target, training."""
-    from simprune.dcff import T_END, T_K, T_START, dcff_eligible_layers, dcff_train
+    from simprune.dcff import T_END, T_K, T_START, dcff_layer_ratios, dcff_train
     from simprune.errors import InputError
     from simprune.flops import count_model
     from simprune.plan import make_plan
-    from simprune.pruning.allocation import refine_to_target, search_ratio, uniform_keep
-    from simprune.pruning.groups import FlopsModel, discover_groups
 
     t0 = time.perf_counter()
     job = ctx.job
@@ -394,33 +396,12 @@ def _run_dcff(dense: Any, ctx: _Ctx) -> tuple[Any, dict[str, Any], dict[str, Any
         raise InputError("dcff has no automatic kept count; give a pruning ratio or a FLOPs target")
     if job.allocation != "uniform":
         raise InputError("dcff supports allocation 'uniform' only (one ratio over the fusable layers)")
-    if (job.target_flops_reduction is None) == (job.pruning_ratio is None):
-        raise InputError("give exactly one of target_flops_reduction and pruning_ratio")
     train_ds, config, ckpt_dir = _train_setup(ctx, "dcff")
     example = ctx.example.to(ctx.device)
     before = count_model(dense, example)
-    _dg, all_specs, skipped = discover_groups(dense, example)
-    eligible = set(dcff_eligible_layers(dense, example))
-    specs = [s for s in all_specs if s.name in eligible and s.ch_groups == 1]
-    if not specs:
-        raise InputError("dcff found no convolution whose filters it can fuse in this model")
-    flops_model = FlopsModel(before["per_layer"], dict(dense.named_modules()), specs)
-
-    def keep_for(r: float) -> dict[str, int]:
-        return uniform_keep(specs, r, job.round_to)
-
-    if job.target_flops_reduction is not None:
-        ratio, keep = search_ratio(keep_for, flops_model, before["flops"], job.target_flops_reduction)
-        keep = refine_to_target(keep, specs, flops_model, before["flops"], job.target_flops_reduction,
-                                job.round_to)
-    else:
-        ratio = float(job.pruning_ratio)  # type: ignore[arg-type]
-        if not 0.0 <= ratio < 1.0:
-            raise InputError("pruning_ratio must be in [0, 1)")
-        keep = keep_for(ratio)
-    ratios = {s.name: 1.0 - keep[s.name] / s.n_channels for s in specs if keep[s.name] < s.n_channels}
-    if not ratios:
-        raise InputError("the requested reduction removes no channel")
+    ratio, ratios, skipped = dcff_layer_ratios(
+        dense, example, target_flops_reduction=job.target_flops_reduction,
+        pruning_ratio=None if job.pruning_ratio is None else float(job.pruning_ratio), round_to=job.round_to)
     setup_s = time.perf_counter() - t0
     ctx.at("prune", 1.0)
     compact, info = dcff_train(
@@ -440,8 +421,7 @@ def _run_dcff(dense: Any, ctx: _Ctx) -> tuple[Any, dict[str, Any], dict[str, Any
         "flops_reduction": 1.0 - after["flops"] / before["flops"],
         "params_reduction": 1.0 - after["params"] / before["params"],
         "per_layer": _per_layer(before, after),
-        "skipped_groups": skipped + [{"layer": s.name, "reason": "outputs coupled to other layers; dcff cannot "
-                                      "fuse"} for s in all_specs if s not in specs],
+        "skipped_groups": skipped,
         "plan": {"layers": layers},
         "dcff": {"temperatures": info["temperatures"], "final_temperature": info["final_temperature"],
                  "layers": info["layers"]},

@@ -86,7 +86,7 @@ def test_report_exports_and_finetune_improves(files: dict[str, Path], tmp_path: 
 
 def test_interrupted_finetune_resumes_with_same_out_dir(files: dict[str, Path], tmp_path: Path) -> None:
     job = _job(files, method="l1", target_flops_reduction=0.3, finetune=_ft(files, epochs=2, train_samples=64),
-               eval_samples=32)
+               eval_samples=32, calib=None)
     stop = {"now": False}
 
     def detail(_stage: str, info: dict[str, Any]) -> None:

@@ -10,10 +10,14 @@ from torch.utils.data import TensorDataset
 from simprune.errors import InputError
 from simprune.finetune import FinetuneConfig
 from simprune.ssc import (
+    SSC_PLAN_FORMAT,
     GroupedPlusPointwise,
     SSConv2d,
     convert_to_ssc,
     export_ssc,
+    load_ssc,
+    ssc_conversions,
+    ssc_plan,
     ssc_stats,
     ssc_train,
 )
@@ -133,3 +137,22 @@ def test_convert_explicit_layers_and_errors() -> None:
         convert_to_ssc(_net(), g=2, p=2, layers=["nope"])
     pred = convert_to_ssc(_net(), g=1, p=0, layers=lambda name, conv: conv.kernel_size == (1, 1))
     assert [n for n, m in pred.named_modules() if isinstance(m, SSConv2d)] == ["9"]
+
+
+@pytest.mark.parametrize("aligned,g,p", [(False, 0.25, 0.125), (True, 4, 0), (True, 2, 4)])
+def test_plan_rebuilds_the_exported_model(aligned: bool, g: int | float, p: int | float) -> None:
+    torch.manual_seed(2)
+    model = convert_to_ssc(_net(), g=g, p=p, aligned=aligned)
+    choices = ssc_conversions(_net(), g, p, aligned=aligned)
+    plan = ssc_plan(model, arch=None, input_size=(3, 12, 12))
+    assert plan["format"] == SSC_PLAN_FORMAT
+    assert [(e["layer"], e["g"], e["p"]) for e in plan["layers"]] == [(n, gi, pi) for n, _c, gi, pi in choices]
+    exported = export_ssc(model).eval()
+    state = {k: v.clone() for k, v in exported.state_dict().items()}
+    rebuilt = load_ssc(plan, state, model=_net())
+    x = torch.randn(3, 3, 12, 12)
+    torch.testing.assert_close(rebuilt(x), exported(x))
+    with pytest.raises(InputError):
+        load_ssc(plan, state)  # no arch in the plan and no model given
+    with pytest.raises(InputError):
+        load_ssc({**plan, "format": "simprune-plan/1"}, state, model=_net())

@@ -281,7 +281,7 @@ def reconstruct_consumers(
                 pred = x.double() @ w.T + b
                 err_new = float(((pred - yd) ** 2).sum()) / energy
                 if not math.isfinite(err_new) or err_new > err_old:
-                    report[name] = {"rel_err_before": err_old, "rel_err_after": err_old, "kept_old": 1.0}
+                    report[name] = {"rel_err_before": err_old, "rel_err_after": err_old, "kept_old_weights": 1.0}
                     return
                 mod.weight.data.copy_(w.reshape(mod.weight.shape).to(mod.weight.dtype))
                 if b_old is not None:

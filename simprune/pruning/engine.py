@@ -138,7 +138,8 @@ def prune(
     Exactly one of ``target_flops_reduction`` (fraction of MACs to remove, met within half a point by search
     over the ratio) and ``pruning_ratio`` (fraction of channels per group, or ``"auto"`` for the method's own
     count) is required. ``calib`` (tensor, DataLoader, or iterable of batches) enables data-driven criteria
-    and compensation (``{"fold", "lstsq", "bn"}``, all on by default with data). ``ignored_layers`` defaults
+    and compensation (``{"fold", "lstsq", "bn"}``, all on by default with data; fine control through
+    ``compensation_options``, see :data:`DEFAULT_COMPENSATION_OPTIONS`). ``ignored_layers`` defaults
     to the classifier. The report carries FLOPs/params before and after, per-layer channels, timings and the
     plan (kept indices per group, replayable with :func:`simprune.load_pruned`).
     """
