@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from simprune.criteria.base import normalize_scores
-from simprune.errors import InputError
+from simprune.errors import InputError, JobCancelled
 from simprune.pruning.groups import FlopsModel, GroupSpec
 
 
@@ -128,3 +128,234 @@ def refine_to_target(
             break
         red, keep[best[1]] = best[0], best[2]
     return keep
+
+
+SENSITIVITY_DEFAULTS: dict[str, object] = {
+    "n_images": 128,
+    "fractions": (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875),
+    "min_keep_frac": 0.125,
+    "local": "lstsq",
+    "damage": None,
+}
+"""``allocation="sensitivity"`` options: calibration images scanned, keep fractions probed per group, the
+smallest fraction of a group's channels ever kept, the scan's local compensation ("lstsq" | "mean"), and
+``damage``: curves from an earlier scan (a report's ``"sensitivity"``) to reuse instead of scanning again."""
+
+
+def _kl(dense_logp: torch.Tensor, logits: torch.Tensor) -> float:
+    """Mean KL(dense || pruned) over the batch."""
+    logp = torch.log_softmax(logits.float(), dim=1)
+    return float((dense_logp.exp() * (dense_logp - logp)).sum(1).mean())
+
+
+class _LocalRefit:
+    """Least-squares refit of a consumer (conv with ``groups == 1`` or linear) from a subset of its inputs.
+
+    Built from the consumer's dense inputs and outputs; :meth:`forward` gives the consumer's output computed
+    from the kept input channels only, with weights (and bias) that best reproduce the dense output.
+    """
+
+    def __init__(self, mod: torch.nn.Module, inp: torch.Tensor, out: torch.Tensor, max_rows: int = 16384,
+                 ridge: float = 1e-4) -> None:
+        self.mod = mod
+        if isinstance(mod, torch.nn.Conv2d):
+            kh, kw = mod.kernel_size
+            cols = torch.nn.functional.unfold(inp.float(), mod.kernel_size, mod.dilation, mod.padding, mod.stride)
+            a = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            y = out.float().flatten(2).transpose(1, 2).reshape(-1, out.shape[1])
+            self.kk = kh * kw
+        else:
+            a, y, self.kk = inp.float().reshape(-1, inp.shape[-1]), out.float().reshape(-1, out.shape[-1]), 1
+        if a.shape[0] > max_rows:
+            idx = torch.randperm(a.shape[0], generator=torch.Generator().manual_seed(0))[:max_rows]
+            a, y = a[idx.to(a.device)], y[idx.to(y.device)]
+        a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], 1)
+        self.gram = (a.T @ a).double()
+        self.rhs = (a.T @ y).double()
+        self.ridge = ridge * float(self.gram.diagonal().mean())
+
+    def fit(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights (consumer layout, kept input channels only) and bias refitted for the ``keep`` inputs."""
+        cols = (keep.view(-1, 1) * self.kk + torch.arange(self.kk, device=keep.device)).flatten()
+        cols = torch.cat([cols.to(self.gram.device), torch.tensor([self.gram.shape[0] - 1], device=self.gram.device)])
+        g = self.gram[cols][:, cols]
+        g = g + self.ridge * torch.eye(len(cols), dtype=g.dtype, device=g.device)
+        sol = torch.linalg.solve(g, self.rhs[cols]).float()  # (cols, out)
+        w, b = sol[:-1].T, sol[-1]
+        if isinstance(self.mod, torch.nn.Conv2d):
+            w = w.reshape(w.shape[0], len(keep), *self.mod.kernel_size)
+        return w, b
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        xk = x[:, keep.to(x.device)]
+        m = self.mod
+        if isinstance(m, torch.nn.Conv2d):
+            return torch.nn.functional.conv2d(xk, w.to(x.dtype), b.to(x.dtype), m.stride, m.padding, m.dilation)
+        return torch.nn.functional.linear(xk, w.to(x.dtype), b.to(x.dtype))
+
+
+def _refittable(mod: torch.nn.Module) -> bool:
+    if isinstance(mod, torch.nn.Conv2d):
+        return mod.groups == 1 and isinstance(mod.padding, tuple) and mod.padding_mode == "zeros"
+    return isinstance(mod, torch.nn.Linear)
+
+
+@torch.no_grad()
+def sensitivity_scan(
+    model: torch.nn.Module,
+    specs: list[GroupSpec],
+    x: torch.Tensor,
+    select: Callable[[GroupSpec, int], torch.Tensor],
+    fractions: tuple[float, ...] | list[float] = SENSITIVITY_DEFAULTS["fractions"],  # type: ignore[assignment]
+    round_to: int | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    local: str = "lstsq",
+) -> dict[str, dict[int, float]]:
+    """Damage of pruning each group alone, for a few kept counts: ``{group: {kept: KL(dense || pruned)}}``.
+
+    The removed channels are chosen by ``select(spec, kept) -> kept indices``. A cheap local compensation
+    stands in for the engine's: with ``local="lstsq"`` the group's first consumer (a plain conv or linear) is
+    refitted by least squares from the kept inputs to reproduce its dense output; otherwise (``"mean"``, or
+    a consumer that cannot be refitted) the removed channels are replaced by their mean, as bias folding
+    does. The model is not modified; damages are measured on the logits of ``x``.
+    """
+    if local not in ("lstsq", "mean"):
+        raise InputError("local compensation of the sensitivity scan must be 'lstsq' or 'mean'")
+    was_training = model.training
+    model.eval()
+    modules = dict(model.named_modules())
+    out: dict[str, dict[int, float]] = {}
+    try:
+        dense = model(x)
+        dense_logp = torch.log_softmax(dense.float(), dim=1)
+        for spec in specs:
+            kind, _, target = spec.feature_point.partition(":")
+            mod = modules[target] if kind == "consumer" else spec.root
+            seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+            if kind == "consumer":
+                h = mod.register_forward_hook(lambda m, inp, o, seen=seen: seen.append((inp[0], o)))
+            else:
+                h = mod.register_forward_hook(lambda m, inp, o, seen=seen: seen.append((o, o)))
+            try:
+                model(x)
+            finally:
+                h.remove()
+            feat, cons_out = seen[0]
+            mean = feat.float().mean(dim=[d for d in range(feat.dim()) if d != 1])
+            refit = (_LocalRefit(mod, feat, cons_out) if local == "lstsq" and kind == "consumer"
+                     and _refittable(mod) else None)
+            del seen, feat, cons_out
+            curve: dict[int, float] = {spec.n_channels: 0.0}
+            for f in sorted(set(fractions)):
+                if should_cancel and should_cancel():
+                    raise JobCancelled("cancelled during the sensitivity scan")
+                k = _round_keep(spec, spec.n_channels * f, round_to)
+                if k >= spec.n_channels or k in curve:
+                    continue
+                keep_idx = select(spec, k).to(mean.device).sort().values
+                if refit is not None:
+                    w, b = refit.fit(keep_idx)
+                    h = mod.register_forward_hook(
+                        lambda m, inp, o, r=refit, kp=keep_idx, w=w, b=b: r.forward(inp[0], kp, w, b))
+                else:
+                    mask = torch.zeros(spec.n_channels, dtype=torch.bool, device=mean.device)
+                    mask[keep_idx] = True
+
+                    def patch(t: torch.Tensor, mask: torch.Tensor = mask, mean: torch.Tensor = mean) -> torch.Tensor:
+                        shape = [1, -1] + [1] * (t.dim() - 2)
+                        m = mask.to(t.device).view(shape)
+                        return torch.where(m, t, mean.to(t.device, t.dtype).view(shape))
+
+                    if kind == "consumer":
+                        h = mod.register_forward_pre_hook(lambda m, inp, p=patch: (p(inp[0]),) + tuple(inp[1:]))
+                    else:
+                        h = mod.register_forward_hook(lambda m, inp, o, p=patch: p(o))
+                try:
+                    curve[k] = _kl(dense_logp, model(x))
+                finally:
+                    h.remove()
+            out[spec.name] = curve
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _interp_curve(curve: dict[int, float], n: int) -> list[float]:
+    """Damage for every kept count 0..n, linear between probed counts, made non-increasing in the kept count."""
+    pts = sorted(curve.items())
+    dmg = [0.0] * (n + 1)
+    for k in range(n + 1):
+        if k <= pts[0][0]:
+            dmg[k] = pts[0][1] if k == pts[0][0] else float("inf")
+            continue
+        for (k0, d0), (k1, d1) in zip(pts, pts[1:], strict=False):
+            if k0 <= k <= k1:
+                dmg[k] = d0 + (d1 - d0) * (k - k0) / (k1 - k0)
+                break
+    for k in range(n - 1, -1, -1):  # keeping fewer channels never hurts less
+        dmg[k] = max(dmg[k], dmg[k + 1])
+    return dmg
+
+
+def sensitivity_keep(
+    specs: list[GroupSpec],
+    damage: dict[str, dict[int, float]],
+    flops_model: FlopsModel,
+    flops_before: int,
+    target_reduction: float,
+    round_to: int | None = None,
+    min_keep_frac: float = 0.125,
+) -> dict[str, int]:
+    """Kept counts that minimise the summed per-group damage subject to the FLOPs target (Lagrangian search).
+
+    Each group's FLOPs are taken as additive (exact when groups do not share layers, as for the inner
+    channels of residual blocks; the final count is corrected by :func:`refine_to_target` anyway). No group
+    keeps fewer than ``min_keep_frac`` of its channels, nor fewer than its smallest probed count.
+    """
+    if not 0.0 < target_reduction < 1.0:
+        raise InputError("target FLOPs reduction must be in (0, 1)")
+    options: dict[str, list[tuple[int, float, float]]] = {}  # group -> [(kept, damage, flops saved)]
+    for s in specs:
+        step = s.ch_groups * (round_to or 1)
+        lo = max(s.min_keep(round_to), math.ceil(s.n_channels * min_keep_frac))
+        dmg = _interp_curve(damage[s.name], s.n_channels)
+        opts = []
+        for k in range(s.n_channels, lo - 1, -1):
+            if k != s.n_channels and k % step:
+                continue
+            if not math.isfinite(dmg[k]):
+                continue
+            saved = flops_before - flops_model.flops({s.name: k})
+            opts.append((k, dmg[k], float(saved)))
+        options[s.name] = opts
+    need = target_reduction * flops_before
+
+    def pick(lam: float) -> tuple[dict[str, int], float]:
+        keep, saved = {}, 0.0
+        for name, opts in options.items():
+            k, _, sv = min(opts, key=lambda o: (o[1] - lam * o[2], -o[0]))
+            keep[name] = k
+            saved += sv
+        return keep, saved
+
+    max_saved = sum(max(o[2] for o in opts) for opts in options.values())
+    if max_saved < need * 0.99:
+        raise InputError(
+            f"target FLOPs reduction {target_reduction:.1%} is out of reach with at least {min_keep_frac:.0%} "
+            "of every group kept"
+        )
+    lo_l, hi_l = 0.0, 1.0
+    scale = max((o[1] for opts in options.values() for o in opts if math.isfinite(o[1])), default=1.0) or 1.0
+    hi_l = scale / max(1.0, min((o[2] for opts in options.values() for o in opts if o[2] > 0), default=1.0))
+    while pick(hi_l)[1] < need and hi_l < 1e30:
+        hi_l *= 4.0
+    best = pick(hi_l)[0]
+    for _ in range(60):
+        mid = (lo_l + hi_l) / 2
+        keep, saved = pick(mid)
+        if saved >= need:
+            hi_l, best = mid, keep
+        else:
+            lo_l = mid
+    return refine_to_target(best, specs, flops_model, flops_before, target_reduction, round_to)

@@ -13,7 +13,15 @@ from torch import nn
 from simprune.criteria.base import ChannelGroup, Criterion, Selection, get_criterion
 from simprune.errors import InputError, JobCancelled
 from simprune.flops import count_model
-from simprune.pruning.allocation import global_keep, refine_to_target, search_ratio, uniform_keep
+from simprune.pruning.allocation import (
+    SENSITIVITY_DEFAULTS,
+    global_keep,
+    refine_to_target,
+    search_ratio,
+    sensitivity_keep,
+    sensitivity_scan,
+    uniform_keep,
+)
 from simprune.pruning.batchnorm import reestimate_bn
 from simprune.pruning.groups import FlopsModel, GroupSpec, discover_groups
 from simprune.pruning.surgery import remove_channels
@@ -132,6 +140,7 @@ def prune(
     progress: ProgressFn | None = None,
     should_cancel: Callable[[], bool] | None = None,
     inplace: bool = False,
+    allocation_options: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune ``model`` structurally and return ``(pruned_model, report)``.
 
@@ -142,6 +151,13 @@ def prune(
     ``compensation_options``, see :data:`DEFAULT_COMPENSATION_OPTIONS`). ``ignored_layers`` defaults
     to the classifier. The report carries FLOPs/params before and after, per-layer channels, timings and the
     plan (kept indices per group, replayable with :func:`simprune.load_pruned`).
+
+    ``allocation`` spreads the pruning over groups: ``"uniform"`` (same ratio everywhere), ``"global"``
+    (layer-normalised scores ranked together) or ``"sensitivity"`` (needs ``calib``: each group is pruned
+    alone at a few kept fractions, its damage on the logits measured, and the kept counts minimising the summed
+    damage under the FLOPs target chosen; options in ``allocation_options``, see
+    :data:`~simprune.pruning.allocation.SENSITIVITY_DEFAULTS`). A ``pruning_ratio`` with ``"sensitivity"``
+    targets the FLOPs reduction that ratio gives uniformly.
     """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -157,8 +173,17 @@ def prune(
         raise InputError("pruning_ratio must be a number in [0, 1) or 'auto'")
     if isinstance(pruning_ratio, int | float) and not 0.0 <= float(pruning_ratio) < 1.0:
         raise InputError("pruning_ratio must be in [0, 1)")
-    if allocation not in ("uniform", "global"):
-        raise InputError("allocation must be 'uniform' or 'global'")
+    if allocation not in ("uniform", "global", "sensitivity"):
+        raise InputError("allocation must be 'uniform', 'global' or 'sensitivity'")
+    if allocation == "sensitivity" and calib is None:
+        raise InputError("allocation 'sensitivity' needs calibration data (--calib)")
+    if allocation == "sensitivity" and pruning_ratio == "auto":
+        raise InputError("allocation 'sensitivity' needs a FLOPs target or a pruning ratio, not 'auto'")
+    aopts = dict(SENSITIVITY_DEFAULTS)
+    unknown = set(allocation_options or {}) - set(aopts)
+    if unknown:
+        raise InputError(f"unknown allocation options: {sorted(unknown)}")
+    aopts.update(allocation_options or {})
     if round_to is not None and round_to < 1:
         raise InputError("round_to must be a positive integer")
     crit = method if isinstance(method, Criterion) else get_criterion(method, **(method_options or {}))
@@ -209,7 +234,36 @@ def prune(
     else:
         keep_for = lambda r: uniform_keep(specs, r, round_to)  # noqa: E731
     chosen_ratio: float | str | None
-    if pruning_ratio == "auto":
+    sensitivity: dict[str, dict[int, float]] = {}
+    if allocation == "sensitivity":
+        target = target_flops_reduction
+        if target is None:
+            target = 1.0 - flops_model.flops(uniform_keep(specs, float(pruning_ratio), round_to)) / before["flops"]
+        if aopts.get("damage"):
+            sensitivity = {g: {int(k): float(v) for k, v in c.items()} for g, c in dict(aopts["damage"]).items()}
+            missing = [s.name for s in specs if s.name not in sensitivity]
+            if missing:
+                raise InputError(f"allocation option 'damage' lacks the groups {missing[:5]}")
+        else:
+            xs, have = [], 0
+            for x in iter_inputs(calib, device):
+                xs.append(x[: int(aopts["n_images"]) - have])
+                have += xs[-1].shape[0]
+                if have >= int(aopts["n_images"]):
+                    break
+            for s in specs:
+                crit.check(groups[s.name])
+
+            def select_keep(spec: GroupSpec, k: int) -> torch.Tensor:
+                return _chunked_select(crit, groups[spec.name], k, spec.ch_groups).keep
+
+            sensitivity = sensitivity_scan(work, specs, torch.cat(xs), select_keep, tuple(aopts["fractions"]),
+                                           round_to, should_cancel, local=str(aopts["local"]))
+        timings["sensitivity_scan"] = round(time.perf_counter() - t, 4)
+        keep_counts = sensitivity_keep(specs, sensitivity, flops_model, before["flops"], target, round_to,
+                                       float(aopts["min_keep_frac"]))
+        chosen_ratio = None if pruning_ratio is None else float(pruning_ratio)
+    elif pruning_ratio == "auto":
         keep_counts = {}
         for s in specs:
             k = crit.auto_keep(groups[s.name])
@@ -298,6 +352,8 @@ def prune(
         "method": crit.name,
         "method_options": {k: v for k, v in crit.__dict__.items() if not k.startswith("_")},
         "allocation": allocation,
+        "allocation_options": {k: v for k, v in aopts.items() if k != "damage"} if allocation == "sensitivity" else {},
+        "sensitivity": {g: {str(k): v for k, v in c.items()} for g, c in sensitivity.items()},
         "pruning_ratio": chosen_ratio,
         "target_flops_reduction": target_flops_reduction,
         "round_to": round_to,

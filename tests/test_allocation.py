@@ -1,0 +1,89 @@
+"""Sensitivity-based allocation: meets the FLOPs target and protects the groups whose pruning hurts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from simprune.errors import InputError
+from simprune.flops import count_model
+from simprune.pruning.allocation import sensitivity_keep
+from simprune.pruning.engine import prune
+from simprune.pruning.groups import FlopsModel, discover_groups
+
+
+class TwoBranchNet(nn.Module):
+    """Two identical branches; ``quiet`` is scaled down so that pruning it barely changes the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loud = nn.Conv2d(3, 16, 3, padding=1)
+        self.loud2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.quiet = nn.Conv2d(3, 16, 3, padding=1)
+        self.quiet2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.quiet2.weight.mul_(0.01)
+            self.fc.weight.mul_(8.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.loud2(torch.relu(self.loud(x)))
+        b = self.quiet2(torch.relu(self.quiet(x)))
+        return self.fc(torch.cat([a, b], 1).mean((2, 3)))
+
+
+def _keep(report: dict, name: str) -> int:
+    return next(len(p["keep"]) for p in report["plan"]["layers"] if p["layer"] == name)
+
+
+@pytest.mark.parametrize("local", ["lstsq", "mean"])
+def test_sensitivity_meets_target_and_protects_sensitive_group(local: str) -> None:
+    torch.manual_seed(0)
+    model = TwoBranchNet().eval()
+    calib = torch.randn(32, 3, 12, 12)
+    pruned, rep = prune(model, calib[:1], "l1", target_flops_reduction=0.4, calib=calib,
+                        allocation="sensitivity", allocation_options={"n_images": 16, "local": local})
+    assert abs(rep["flops_reduction"] - 0.4) <= 0.01
+    assert rep["allocation"] == "sensitivity"
+    assert rep["sensitivity"]["loud"] and rep["sensitivity"]["quiet"]
+    assert max(rep["sensitivity"]["loud"].values()) > 10 * max(rep["sensitivity"]["quiet"].values())
+    loud = _keep(rep, "loud") if any(p["layer"] == "loud" for p in rep["plan"]["layers"]) else 16
+    assert loud > _keep(rep, "quiet")
+    assert _keep(rep, "quiet") >= 2  # min_keep_frac 0.125 of 16
+    with torch.no_grad():
+        assert pruned(calib[:2]).shape == (2, 10)
+    _, again = prune(model, calib[:1], "l1", target_flops_reduction=0.4, calib=calib, allocation="sensitivity",
+                     allocation_options={"damage": rep["sensitivity"]})
+    assert [len(p["keep"]) for p in again["plan"]["layers"]] == [len(p["keep"]) for p in rep["plan"]["layers"]]
+    with pytest.raises(InputError, match="lacks the groups"):
+        prune(model, calib[:1], "l1", target_flops_reduction=0.4, calib=calib, allocation="sensitivity",
+              allocation_options={"damage": {"loud": rep["sensitivity"]["loud"]}})
+
+
+def test_sensitivity_keep_follows_damage_curves() -> None:
+    model = TwoBranchNet().eval()
+    x = torch.randn(1, 3, 12, 12)
+    before = count_model(model, x)
+    _, specs, _ = discover_groups(model, x)
+    fm = FlopsModel(before["per_layer"], dict(model.named_modules()), specs)
+    cheap = {16: 0.0, 8: 0.01, 2: 0.02}
+    costly = {16: 0.0, 8: 5.0, 2: 9.0}
+    damage = {s.name: (costly if s.name.startswith("loud") else cheap) for s in specs}
+    damage.update({s.name: {s.n_channels: 0.0, s.n_channels // 2: 1.0, 1: 2.0} for s in specs
+                   if s.n_channels != 16})
+    keep = sensitivity_keep(specs, damage, fm, before["flops"], 0.3)
+    red = 1 - fm.flops(keep) / before["flops"]
+    assert abs(red - 0.3) <= 0.02  # one channel of this tiny net is ~1% of its FLOPs
+    assert keep["loud"] == 16 and keep["quiet"] < 16
+    with pytest.raises(InputError):
+        sensitivity_keep(specs, damage, fm, before["flops"], 0.97, min_keep_frac=0.5)
+
+
+def test_sensitivity_needs_calibration_data() -> None:
+    model = TwoBranchNet().eval()
+    with pytest.raises(InputError, match="calibration"):
+        prune(model, torch.randn(1, 3, 12, 12), "l1", target_flops_reduction=0.3, allocation="sensitivity")
+    with pytest.raises(InputError, match="unknown allocation options"):
+        prune(model, torch.randn(1, 3, 12, 12), "l1", target_flops_reduction=0.3, allocation="sensitivity",
+              calib=torch.randn(4, 3, 12, 12), allocation_options={"bogus": 1})
