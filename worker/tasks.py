@@ -198,7 +198,8 @@ def _build_job(settings: Settings, storage: Storage, job: Job, scratch: Path) ->
         if train is None:
             raise InputError("the job's fine-tuning dataset was deleted")
         finetune["train"] = str(_local_file(storage, train.storage_key, scratch))
-        finetune["checkpoint_dir"] = str(scratch / "finetune_ckpt")  # outside out_dir: not an artifact
+        # outside out_dir (not an artifact) and stable across attempts: a re-run after a dead worker resumes
+        finetune["checkpoint_dir"] = str(finetune_checkpoint_dir(settings, job.id))
     fields: dict[str, Any] = {
         "arch": model.arch, "weights": _local_file(storage, model.storage_key, scratch), "method": job.method,
         "target_flops_reduction": spec.get("target_flops_reduction"), "pruning_ratio": spec.get("pruning_ratio"),
@@ -279,7 +280,19 @@ def execute_job(job_id: str, settings: Settings | None = None) -> str:
         current_job.reset(token)
 
 
+def finetune_checkpoint_dir(settings: Settings, job_id: str) -> Path:
+    """Per-job fine-tuning checkpoints; kept until the job ends so that a re-delivered job resumes."""
+    return settings.tmp_dir / "finetune" / job_id
+
+
 def _execute(settings: Settings, job_id: str, attempt: int) -> str:
+    outcome = _run_attempt(settings, job_id, attempt)
+    if outcome != "lost":  # the job ended here: its resume state is no longer needed
+        shutil.rmtree(finetune_checkpoint_dir(settings, job_id), ignore_errors=True)
+    return outcome
+
+
+def _run_attempt(settings: Settings, job_id: str, attempt: int) -> str:
     storage = get_storage(settings)
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=settings.tmp_dir))

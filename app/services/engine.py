@@ -21,10 +21,11 @@ def list_architectures() -> tuple[dict[str, Any], ...]:
 
 @lru_cache(maxsize=1)
 def list_methods() -> tuple[dict[str, Any], ...]:
-    """Every pruning criterion: name, summary, needs_data, options."""
-    from simprune.criteria import list_criteria
+    """Every method a job can name: the criteria and the training-time methods (dcff, ssc), with name, summary,
+    needs_data, needs_training_data and options."""
+    from simprune.methods import list_methods as engine_methods
 
-    return tuple(list_criteria())
+    return tuple(engine_methods())
 
 
 def method_info(name: str) -> dict[str, Any]:

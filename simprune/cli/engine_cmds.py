@@ -177,11 +177,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def methods() -> None:
         """List pruning methods and their options."""
-        from simprune.criteria import list_criteria
+        from simprune.methods import list_methods
 
-        for m in list_criteria():
+        for m in list_methods():
             opts = ", ".join(f"{o['name']}={o['default']}" for o in m["options"])
-            typer.echo(f"{m['name']:<16} {'(needs data) ' if m['needs_data'] else ''}{m['summary']}  [{opts}]")
+            needs = "(needs training data) " if m.get("needs_training_data") else (
+                "(needs data) " if m["needs_data"] else "")
+            typer.echo(f"{m['name']:<16} {needs}{m['summary']}  [{opts}]")
 
     @app.command()
     def archs() -> None:

@@ -128,6 +128,9 @@ def _validate_spec(session: Session, tenant_id: str, spec: JobSpec) -> None:
                       "validation-error")
     if spec.eval_dataset_id:
         get_owned_dataset(session, tenant_id, spec.eval_dataset_id)
+    if info.get("needs_training_data") and not (spec.finetune and spec.finetune.get("epochs")):
+        raise Problem(422, f"method '{spec.method}' trains the model: give finetune.epochs and finetune.dataset_id",
+                      "validation-error")
     if spec.finetune:
         server_side = {"train", "dataset", "checkpoint_dir"} & set(spec.finetune)
         if server_side:
