@@ -77,7 +77,7 @@ class JobSpec(BaseModel):
     eval_dataset_id: str | None = Field(default=None, description="Dataset to measure accuracy before/after.")
     options: dict[str, Any] = Field(default_factory=dict, description="Method options (see GET /v1/methods).")
     finetune: dict[str, Any] | None = Field(default=None, description="Fine-tuning settings (needs eval data).")
-    allocation: Literal["uniform", "global"] = "uniform"
+    allocation: Literal["uniform", "global", "sensitivity"] = "uniform"
     round_to: int | None = Field(default=None, ge=1)
     compensation: dict[str, bool] | None = None
     calib_samples: int = Field(default=1024, ge=1)

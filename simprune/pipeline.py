@@ -44,7 +44,7 @@ class PruneJob:
     in_channels: int | None = None
     input_size: tuple[int, ...] | None = None
     round_to: int | None = None
-    allocation: str = "uniform"  # "uniform" | "global"
+    allocation: str = "uniform"  # "uniform" | "global" | "sensitivity"
     compensation: dict[str, bool] | None = None  # {"fold":, "lstsq":, "bn":}; None = defaults
     device: str = "auto"
     seed: int = 0

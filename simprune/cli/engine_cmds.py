@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         num_classes: Annotated[int | None, typer.Option(help="classes (inferred from the checkpoint)")] = None,
         in_channels: Annotated[int | None, typer.Option(help="input channels (inferred)")] = None,
         round_to: Annotated[int | None, typer.Option(help="keep channel counts multiples of N")] = None,
-        allocation: Annotated[str, typer.Option(help="uniform | global")] = "uniform",
+        allocation: Annotated[str, typer.Option(help="uniform | global | sensitivity")] = "uniform",
         option: Annotated[list[str] | None, typer.Option(help="method option key=value (repeatable)")] = None,
         no_fold: Annotated[bool, typer.Option("--no-fold", help="disable folding compensation")] = False,
         no_lstsq: Annotated[bool, typer.Option("--no-lstsq", help="disable least-squares reconstruction")] = False,
