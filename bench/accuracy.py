@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--compensation", default="off,on", help="off, on, or both (off,on)")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning's L1 pruner")
+    ap.add_argument("--allocation", default="uniform", choices=("uniform", "global", "sensitivity"),
+                    help="per-layer allocation (rows are labelled method+allocation unless uniform)")
     ap.add_argument("--eval-samples", type=int, default=0, help="seeded test subset (0 = all 10,000)")
     ap.add_argument("--calib-samples", type=int, default=1024)
     ap.add_argument("--cache", default="/tmp/simprune_bench_cache")
@@ -154,16 +156,17 @@ def main(argv: list[str] | None = None) -> int:
                         "flops_reduction": red, "accuracy": accuracy(m, tx, ty, device),
                         "prune_s": time.perf_counter() - t0})
             for method in args.methods.split(","):
+                label = method if args.allocation == "uniform" else f"{method}+{args.allocation}"
                 for comp in args.compensation.split(","):
-                    if (net, method, comp, target) in done:
+                    if (net, label, comp, target) in done:
                         continue
                     on = comp == "on"
                     t0 = time.perf_counter()
                     pm, rep = prune(base, example, method, target_flops_reduction=target, calib=calib,
                                     compensation=None if on else {"fold": False, "lstsq": False, "bn": False},
-                                    device=device)
+                                    allocation=args.allocation, device=device)
                     prune_s = time.perf_counter() - t0
-                    record({"net": net, "method": method, "compensation": comp, "target": target,
+                    record({"net": net, "method": label, "compensation": comp, "target": target,
                             "flops_reduction": rep["flops_reduction"], "params_reduction": rep["params_reduction"],
                             "accuracy": accuracy(pm, tx, ty, device), "base_accuracy": base_acc,
                             "prune_s": prune_s, "timings": rep["timings"]})
