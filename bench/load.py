@@ -56,6 +56,10 @@ async def burst(url: str, key: str, model_id: str, n: int, clients: int) -> tupl
     return list(ids), lat
 
 
+TRANSPORT_ERRORS: list[str] = []
+"""GETs that failed at the transport level and were retried (reported in the summary)."""
+
+
 async def poll_all(url: str, key: str, ids: list[str], timeout: float) -> tuple[dict[str, Any], list[float]]:
     """Poll every job until all are final; returns the final jobs and GET latencies."""
     lat: list[float] = []
@@ -66,8 +70,16 @@ async def poll_all(url: str, key: str, ids: list[str], timeout: float) -> tuple[
             pending = [i for i in ids if i not in final][:20]
 
             async def get(job_id: str) -> None:
-                t = time.perf_counter()
-                r = await c.get(f"/v1/jobs/{job_id}")
+                for attempt in range(3):  # a keep-alive connection the server just closed: retry once or twice
+                    t = time.perf_counter()
+                    try:
+                        r = await c.get(f"/v1/jobs/{job_id}")
+                        break
+                    except httpx.TransportError:
+                        TRANSPORT_ERRORS.append(job_id)
+                        if attempt == 2:
+                            raise
+                        await asyncio.sleep(0.2)
                 lat.append(time.perf_counter() - t)
                 j = r.json()
                 if j["status"] in ("succeeded", "failed", "cancelled"):
@@ -147,6 +159,7 @@ def main() -> None:
             ("POST /v1/jobs p50 / p99 (burst)", f"{pct(post_lat, 50):.1f} / {pct(post_lat, 99):.1f} ms"),
             ("GET /v1/jobs/{id} p50 / p99 (under load)", f"{pct(get_lat, 50):.1f} / {pct(get_lat, 99):.1f} ms"),
             ("GET requests measured", str(len(get_lat))),
+            ("GETs retried after a transport error", str(len(TRANSPORT_ERRORS))),
         ]
         print(f"\n### Load: {args.jobs} jobs, {args.workers} workers, {args.clients} concurrent clients "
               f"(PostgreSQL + Redis, cifar_resnet20 L1 30%, {os.cpu_count()} CPU cores)\n")
