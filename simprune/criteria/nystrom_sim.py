@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 
-from simprune.criteria._similarity import eliminate, filter_prototypes, greedy_selection, rounded_distance
-from simprune.criteria.base import ChannelGroup, Criterion, Selection, register_criterion
+from simprune.criteria._similarity import filter_prototypes, greedy_selection, rounded_distance
+from simprune.criteria.base import ChannelGroup, Selection, register_criterion
+from simprune.criteria.passive_sim import PassiveSim
 
 LANDMARKS = ("first", "random", "kmeans++")
 
@@ -69,7 +69,7 @@ def nystrom_similarity(protos: torch.Tensor, landmarks: torch.Tensor, rank: int 
 
 @register_criterion
 @dataclass
-class NystromSim(Criterion):
+class NystromSim(PassiveSim):
     """passive_sim with ``S ~= C pinv(W_k) C^T`` from ``m`` landmark filters."""
 
     name = "nystrom_sim"
@@ -97,20 +97,6 @@ class NystromSim(Criterion):
     def similarity(self, group: ChannelGroup) -> torch.Tensor:
         """The Nystrom approximation of passive_sim's cosine-similarity matrix (float64, (C, C))."""
         return self._approx(group)[0]
-
-    def distance(self, group: ChannelGroup) -> np.ndarray:
-        """``D = 1 - S``, rounded to 5 decimals (as passive_sim)."""
-        return rounded_distance(self.similarity(group))
-
-    def matrix(self, group: ChannelGroup) -> np.ndarray:
-        """The similarity matrix the method uses, ``1 - D``."""
-        return 1.0 - self.distance(group)
-
-    def scores(self, group: ChannelGroup) -> torch.Tensor:
-        return eliminate(self.distance(group)).scores(group.n_channels).float()
-
-    def auto_keep(self, group: ChannelGroup) -> int | None:
-        return eliminate(self.distance(group)).auto_keep
 
     def select(self, group: ChannelGroup, n_keep: int) -> Selection:
         sim, lm = self._approx(group)
