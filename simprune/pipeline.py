@@ -165,16 +165,19 @@ def run_prune_job(
     evals = loader(job.eval, job.eval_samples)
     timings["load"] = round(time.perf_counter() - t, 4)
 
-    def eval_progress(stage: str) -> Callable[[int, int | None], None]:
-        return lambda done, total: at(stage, done / total if total else 0.0)
-
-    acc_before = None
-    if evals is not None:
+    def timed_eval(stage: str, net: Any) -> float | None:
+        """Top-1 of ``net`` on the evaluation set (None without one), timed and reported as ``stage``."""
+        if evals is None:
+            return None
         checkpoint("evaluation")
-        at("eval_before")
-        t = time.perf_counter()
-        acc_before = evaluate(model, evals, device, eval_progress("eval_before"), check_cancel)["top1"]
-        timings["eval_before"] = round(time.perf_counter() - t, 4)
+        at(stage)
+        start = time.perf_counter()
+        top1 = evaluate(net, evals, device, lambda done, total: at(stage, done / total if total else 0.0),
+                        check_cancel)["top1"]
+        timings[stage] = round(time.perf_counter() - start, 4)
+        return top1
+
+    acc_before = timed_eval("eval_before", model)
 
     checkpoint("pruning")
     at("prune")
@@ -208,13 +211,7 @@ def run_prune_job(
                          in_channels=in_channels, mean=mean, std=std)
         rebuild = _rebuild_plan
 
-    acc_after = None
-    if evals is not None:
-        checkpoint("evaluation")
-        at("eval_after")
-        t = time.perf_counter()
-        acc_after = evaluate(pruned, evals, device, eval_progress("eval_after"), check_cancel)["top1"]
-        timings["eval_after"] = round(time.perf_counter() - t, 4)
+    acc_after = timed_eval("eval_after", pruned)
 
     checkpoint("export")
     at("export")
