@@ -85,3 +85,14 @@ def get_tenant_id(request: Request, session: SessionDep, settings: SettingsDep) 
 
 
 TenantDep = Annotated[str, Depends(get_tenant_id)]
+
+
+Owned = TypeVar("Owned")
+
+
+def get_owned(session: Session, model: type[Owned], tenant_id: str, row_id: str, label: str) -> Owned:
+    """The tenant's ``model`` row ``row_id``; 404 when absent or owned by another tenant (ids never leak)."""
+    row = session.get(model, row_id)
+    if row is None or row.tenant_id != tenant_id:  # type: ignore[attr-defined]
+        raise Problem(404, f"{label} '{row_id}' not found", "not-found")
+    return row

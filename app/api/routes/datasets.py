@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import or_, select
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, get_owned
 from app.api.pagination import page_rows, paginate
 from app.api.problems import Problem
 from app.api.ratelimit import rate_limit_uploads
@@ -36,10 +36,7 @@ DATASET_UPLOAD_BODY = {
 
 def get_owned_dataset(session: SessionDep, tenant_id: str, dataset_id: str) -> Dataset:
     """The tenant's dataset ``dataset_id``; 404 when absent or owned by another tenant."""
-    row = session.get(Dataset, dataset_id)
-    if row is None or row.tenant_id != tenant_id:
-        raise Problem(404, f"dataset '{dataset_id}' not found", "not-found")
-    return row
+    return get_owned(session, Dataset, tenant_id, dataset_id, "dataset")
 
 
 @router.post("", status_code=201, response_model=DatasetOut, openapi_extra=DATASET_UPLOAD_BODY,

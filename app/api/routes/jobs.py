@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, in_thread
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, get_owned, in_thread
 from app.api.pagination import page_rows, paginate
 from app.api.problems import Problem
 from app.api.ratelimit import rate_limit_jobs
@@ -96,10 +96,7 @@ def job_out(request: Request, job: Job) -> JobOut:
 
 def get_owned_job(session: Session, tenant_id: str, job_id: str) -> Job:
     """The tenant's job ``job_id``; 404 when absent or owned by another tenant."""
-    row = session.get(Job, job_id)
-    if row is None or row.tenant_id != tenant_id:
-        raise Problem(404, f"job '{job_id}' not found", "not-found")
-    return row
+    return get_owned(session, Job, tenant_id, job_id, "job")
 
 
 def _accepted(request: Request, job: Job, status: int = 202) -> JSONResponse:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, get_owned
 from app.api.pagination import page_rows, paginate
 from app.api.problems import Problem
 from app.api.ratelimit import rate_limit_uploads
@@ -41,10 +41,7 @@ MODEL_UPLOAD_BODY = {
 
 def get_owned_model(session: SessionDep, tenant_id: str, model_id: str) -> Model:
     """The tenant's model ``model_id``; 404 when absent or owned by another tenant."""
-    row = session.get(Model, model_id)
-    if row is None or row.tenant_id != tenant_id:
-        raise Problem(404, f"model '{model_id}' not found", "not-found")
-    return row
+    return get_owned(session, Model, tenant_id, model_id, "model")
 
 
 @router.post("", status_code=201, response_model=ModelOut, openapi_extra=MODEL_UPLOAD_BODY,
