@@ -137,6 +137,9 @@ class JobOut(BaseModel):
     status: JobStatus
     stage: str | None
     progress: float
+    progress_detail: dict[str, Any] | None = Field(default=None, description=(
+        "Training progress: phase (finetune, dcff, ssc...), epoch, epochs, step, steps, eta_s (seconds left in "
+        "the training phase), loss, lr, and after each epoch its top1 when an eval set was given."))
     model_id: str | None
     calibration_dataset_id: str | None = None
     eval_dataset_id: str | None = None

@@ -33,7 +33,7 @@ from simprune.zoo.registry import build_model
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 NETS = {"resnet56": ("cifar_resnet56", "resnet56-4bfd9763.th"), "resnet20": ("cifar_resnet20", "resnet20-12fca82f.th")}
-METHODS = ["l1", "l2", "fpgm", "bn_scale", "random", "passive_sim", "nystrom_sim", "qsfm", "channel_cluster"]
+METHODS = ["l1", "l2", "fpgm", "bn_scale", "random", "passive_sim", "nystrom_sim", "qsfm", "channel_cluster", "recon"]
 
 
 def cached_tensors(zip_path: Path, limit: int | None, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning's L1 pruner")
     ap.add_argument("--allocation", default="uniform", choices=("uniform", "global", "sensitivity"),
                     help="per-layer allocation (rows are labelled method+allocation unless uniform)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="sequential pruning (select and re-fit group by group) when compensation is on")
     ap.add_argument("--eval-samples", type=int, default=0, help="seeded test subset (0 = all 10,000)")
     ap.add_argument("--calib-samples", type=int, default=1024)
     ap.add_argument("--cache", default="/tmp/simprune_bench_cache")
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                         "prune_s": time.perf_counter() - t0})
             for method in args.methods.split(","):
                 label = method if args.allocation == "uniform" else f"{method}+{args.allocation}"
+                label += "+seq" if args.sequential else ""
                 for comp in args.compensation.split(","):
                     if (net, label, comp, target) in done:
                         continue
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter()
                     pm, rep = prune(base, example, method, target_flops_reduction=target, calib=calib,
                                     compensation=None if on else {"fold": False, "lstsq": False, "bn": False},
+                                    compensation_options={"sequential": True} if on and args.sequential else None,
                                     allocation=args.allocation, device=device)
                     prune_s = time.perf_counter() - t0
                     record({"net": net, "method": label, "compensation": comp, "target": target,

@@ -189,3 +189,39 @@ def test_engine_compensation_beats_none_on_trained_model(one_thread: None) -> No
     # the model itself is untouched
     with torch.no_grad():
         assert torch.equal(model(test), ref)
+
+
+def test_sequential_pruning_sees_pruned_features_and_replays(one_thread: None) -> None:
+    from simprune.criteria.recon import Reconstruction
+    from simprune.plan import load_pruned, make_plan
+
+    model, x, _ = _trained_tiny()
+    calib, test = x[:512], x[512:]
+    seen: list[tuple[str, bool, bool]] = []
+
+    class Spy(Reconstruction):
+        def select(self, group, n_keep):  # type: ignore[no-untyped-def]
+            target = group.extra.get("target_features")
+            same = target is not None and torch.equal(target, group.features)
+            seen.append((group.name, target is not None, same))
+            return super().select(group, n_keep)
+
+    with torch.no_grad():
+        ref = model(test)
+    pm, rep = prune(model, x[:2], Spy(), pruning_ratio=0.5, calib=calib,
+                    compensation_options={"sequential": True, "sequential_images": 128})
+    off, _ = prune(model, x[:2], "l1", pruning_ratio=0.5, calib=calib,
+                   compensation={"fold": False, "lstsq": False, "bn": False})
+    # groups are visited in execution order; the first sees the dense model's features (nothing pruned yet)
+    assert [s[0] for s in seen] == [entry["layer"] for entry in rep["plan"]["layers"]] == ["0", "3"]
+    assert seen[0] == ("0", True, True) and seen[1][1] and not seen[1][2]
+    assert rep["compensation_options"]["sequential"] is True
+    with torch.no_grad():
+        mse_seq = (pm(test) - ref).pow(2).mean().item()
+        mse_off = (off(test) - ref).pow(2).mean().item()
+    assert mse_seq < 0.5 * mse_off
+    # the plan replays to the same model
+    plan = make_plan(rep, arch=None, input_size=(3, 8, 8))
+    rebuilt = load_pruned(plan, {k: v.clone() for k, v in pm.state_dict().items()}, model=copy.deepcopy(model))
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(test), pm(test), atol=1e-5)

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from simprune.criteria import ChannelGroup, CriterionError, get_criterion, list_criteria
+from simprune.criteria import ChannelGroup, Consumer, CriterionError, get_criterion, list_criteria
 from simprune.criteria._similarity import filter_prototypes, ordered_scores
 from simprune.criteria.channel_cluster import average_linkage
 from simprune.criteria.nystrom_sim import choose_landmarks
 
-ALL = ["l1", "l2", "fpgm", "bn_scale", "random", "passive_sim", "nystrom_sim", "qsfm", "channel_cluster"]
-DATA = {"qsfm", "channel_cluster"}
+ALL = ["l1", "l2", "fpgm", "bn_scale", "random", "passive_sim", "nystrom_sim", "qsfm", "channel_cluster", "recon"]
+DATA = {"qsfm", "channel_cluster", "recon"}
 
 
 def conv_group(weight: torch.Tensor, features: torch.Tensor | None = None, bn: nn.BatchNorm2d | None = None,
@@ -396,3 +396,68 @@ def test_channel_cluster_options() -> None:
         assert_valid(get_criterion("channel_cluster", **opts).select(g, 4), 8, 4)
     with pytest.raises(ValueError):
         get_criterion("channel_cluster", distribution="kl")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# recon (greedy least-squares selection)
+
+
+def consumer_group(n: int, k: int, seed: int, n_img: int = 4, hw: int = 6) -> ChannelGroup:
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.relu(torch.randn(n_img, n, hw, hw, generator=g))
+    cons = nn.Conv2d(n, 5, k, padding=k // 2, bias=False)
+    with torch.no_grad():
+        cons.weight.copy_(torch.randn(cons.weight.shape, generator=g))
+    grp = conv_group(torch.randn(n, 3, 3, 3, generator=g), feats)
+    grp.consumers = [Consumer(name="next", module=cons)]
+    return grp
+
+
+def ref_recon_order(grp: ChannelGroup, ridge: float) -> list[int]:
+    """Backward elimination by explicit ridge refits on every position (the definition, no down-dating)."""
+    cons = grp.consumers[0].module
+    k = cons.kernel_size[0]
+    x = torch.nn.functional.unfold(grp.features.double(), k, padding=k // 2)  # (N, C*k*k, L)
+    x = x.transpose(1, 2).reshape(-1, x.shape[1])
+    x = x - x.mean(0)
+    w = cons.weight.detach().double().reshape(cons.weight.shape[0], -1)
+    y = x @ w.T
+    lam = ridge * float(torch.diagonal(x.T @ x / len(x)).mean())
+    t = k * k
+
+    def objective(chans: list[int]) -> float:
+        cols = [c * t + i for c in chans for i in range(t)]
+        xs = x[:, cols]
+        beta = torch.linalg.solve(xs.T @ xs / len(x) + lam * torch.eye(len(cols), dtype=x.dtype), xs.T @ y / len(x))
+        return float(((y - xs @ beta) ** 2).sum() / len(x) + lam * (beta ** 2).sum())
+
+    alive, order = list(range(grp.n_channels)), []
+    while len(alive) > 1:
+        costs = [objective([c for c in alive if c != r]) for r in alive]
+        order.append(alive.pop(int(np.argmin(costs))))
+    return order + alive
+
+
+@pytest.mark.parametrize(("k", "seed"), [(1, 0), (3, 1), (3, 2)])
+def test_recon_greedy_equals_reference(k: int, seed: int) -> None:
+    grp = consumer_group(7, k, seed)
+    crit = get_criterion("recon", max_rows=100_000)
+    order = ref_recon_order(grp, crit.ridge)
+    for n_keep in range(1, 7):
+        assert crit.select(grp, n_keep).keep.tolist() == sorted(order[7 - n_keep:]), n_keep
+    s = crit.scores(grp)
+    assert all(s[order[i]] <= s[order[i + 1]] for i in range(6))
+
+
+def test_recon_finds_redundant_channel() -> None:
+    grp = consumer_group(6, 3, seed=4)
+    grp.features[:, 4] = 2.0 * grp.features[:, 1] + 0.5  # channel 4 carries nothing channel 1 does not
+    first_gone = set(range(6)) - set(get_criterion("recon").select(grp, 5).keep.tolist())
+    assert len(first_gone) == 1 and first_gone <= {1, 4}
+
+
+def test_recon_wide_layers_use_diagonal_approximation() -> None:
+    grp = consumer_group(6, 3, seed=5)
+    grp.features[:, 2] *= 0.0  # a dead channel costs nothing
+    sel = get_criterion("recon", max_dim=8).select(grp, 5)
+    assert 2 not in sel.keep.tolist()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import mimetypes
 import os
 import shutil
@@ -71,7 +72,7 @@ def claim(settings: Settings, job_id: str) -> int | None:
             .where(Job.id == job_id, Job.cancel_requested.is_(False),
                    or_(Job.status == "queued",
                        (Job.status == "running") & (Job.heartbeat_at < stale) & (Job.attempts < settings.max_attempts)))
-            .values(status="running", started_at=now, heartbeat_at=now, stage="starting", progress=0.0,
+            .values(status="running", started_at=now, heartbeat_at=now, stage="starting", progress=0.0, progress_detail=None,
                     attempts=Job.attempts + 1, worker_id=me)
         )
         if res.rowcount != 1:
@@ -126,6 +127,7 @@ class Reporter:
         self._last_write = 0.0
         self._last_stage: str | None = None
         self._last_check = 0.0
+        self._last_detail = 0.0
         self._cancel = False
         self.timed_out = False
         self.lost = False
@@ -143,6 +145,20 @@ class Reporter:
         with session_scope(self.settings.database_url) as s:
             s.execute(update(Job).where(_mine(self.job_id, self.attempt))
                       .values(stage=stage, progress=frac, heartbeat_at=utcnow()))
+
+    def detail(self, phase: str, info: dict[str, Any]) -> None:
+        """Store training detail (epoch, step, ETA, loss...) for the API: at most every progress_interval_s,
+        always at an epoch's end (``top1`` or ``seconds`` present)."""
+        now = time.monotonic()
+        epoch_end = "seconds" in info
+        if not epoch_end and now - self._last_detail < self.settings.progress_interval_s:
+            return
+        self._last_detail = now
+        clean = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in info.items()
+                 if isinstance(v, int | float | str) and not (isinstance(v, float) and not math.isfinite(v))}
+        with session_scope(self.settings.database_url) as s:
+            s.execute(update(Job).where(_mine(self.job_id, self.attempt))
+                      .values(progress_detail={"phase": phase, **clean}, heartbeat_at=utcnow()))
 
     def end_stage(self) -> None:
         """Record the duration of the stage that just ended (Prometheus histogram)."""
@@ -309,7 +325,7 @@ def _run_attempt(settings: Settings, job_id: str, attempt: int) -> str:
         out_dir = work / "out"
         out_dir.mkdir()
         log.info("job %s: running %s on %s", job_id, job.method, prune_job.arch)
-        report = engine.run_prune_job(prune_job, out_dir, reporter.progress, reporter.should_cancel)
+        report = engine.run_prune_job(prune_job, out_dir, reporter.progress, reporter.should_cancel, reporter.detail)
         reporter.end_stage()
         _store_artifacts(settings, storage, job_id, attempt, out_dir, report)
         log.info("job %s: succeeded", job_id)

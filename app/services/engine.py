@@ -117,11 +117,13 @@ def run_prune_job(
     out_dir: Path,
     progress: Callable[[str, float], None],
     should_cancel: Callable[[], bool],
+    detail: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the engine's end-to-end job (see :func:`simprune.pipeline.run_prune_job`)."""
+    """Run the engine's end-to-end job (see :func:`simprune.pipeline.run_prune_job`); ``detail`` receives the
+    training progress (epoch, step, ETA...)."""
     from simprune.pipeline import run_prune_job as _run
 
-    return _run(job, out_dir, progress=progress, should_cancel=should_cancel)
+    return _run(job, out_dir, progress=progress, should_cancel=should_cancel, detail=detail)
 
 
 def job_cancelled_type() -> type[BaseException]:

@@ -4,7 +4,7 @@ import importlib
 
 BUILTIN = (
     "l1", "l2", "fpgm", "bn_scale", "random",
-    "passive_sim", "nystrom_sim", "qsfm", "channel_cluster",
+    "passive_sim", "nystrom_sim", "qsfm", "channel_cluster", "recon",
 )
 
 for _name in BUILTIN:

@@ -30,10 +30,13 @@ ProgressFn = Callable[[str, float], None]
 FEATURE_BUDGET = 8_000_000  # floats kept per group for data-driven criteria and folding
 
 DEFAULT_COMPENSATION = {"fold": True, "lstsq": True, "bn": True}
-DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": True, "min_r2": 0.0}
+DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": True, "min_r2": 0.0,
+                                                "sequential": False, "sequential_images": 256}
 """Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
 (re-estimate BatchNorms inside the least-squares pass instead of after it), ``min_r2`` (folding threshold),
-and :func:`~simprune.compensation.lstsq.reconstruct_consumers`'s ``ridge``, ``max_rows``, ``max_images``."""
+``sequential`` (select, remove and re-fit one group at a time on the pruned model's features, see
+:mod:`simprune.pruning.sequential`; needs least squares), ``sequential_images``, and
+:func:`~simprune.compensation.lstsq.reconstruct_consumers`'s ``ridge``, ``max_rows``, ``max_images``."""
 LSTSQ_OPTIONS = ("layers", "ridge", "max_rows", "max_images", "seed")
 
 
@@ -107,6 +110,12 @@ def _chunked_select(crit: Criterion, group: ChannelGroup, n_keep: int, chunks: i
     size = group.n_channels // chunks
     keep = torch.cat([pos + c * size for c in range(chunks)])
     return Selection(keep=keep, info={"chunked": chunks})
+
+
+def _fold(group: ChannelGroup, selection: Selection, min_r2: float) -> None:
+    from simprune.compensation.fold import fold_removed
+
+    fold_removed(group, selection, min_r2=min_r2)
 
 
 def _to_channel_group(spec: GroupSpec, features: dict[str, torch.Tensor]) -> ChannelGroup:
@@ -282,7 +291,20 @@ def prune(
 
     report_progress("select", 0.4)
     selections: dict[str, Selection] = {}
-    for i, s in enumerate(specs):
+    sequential = bool(copts.get("sequential")) and dense is not None
+    if sequential:
+        from simprune.pruning.sequential import prune_sequentially
+
+        min_r2 = float(copts.get("min_r2", 0.0))
+        selections = prune_sequentially(
+            work, dense, dg, specs, keep_counts, crit, calib, device,
+            to_group=_to_channel_group,
+            select=_chunked_select,
+            fold=(lambda g, sel: _fold(g, sel, min_r2)) if comp.get("fold") else None,
+            n_images=int(copts.get("sequential_images", 256)),
+            lstsq_options={k: v for k, v in copts.items() if k in LSTSQ_OPTIONS},
+            progress=lambda f: report_progress("select", 0.4 + 0.3 * f), should_cancel=should_cancel)
+    for i, s in enumerate([] if sequential else specs):
         if should_cancel and should_cancel():
             raise JobCancelled("cancelled during channel selection")
         k = keep_counts[s.name]
@@ -294,13 +316,11 @@ def prune(
         report_progress("select", 0.4 + 0.2 * (i + 1) / len(specs))
     t = stage_done("select", t)
 
-    if comp.get("fold"):
-        from simprune.compensation.fold import fold_removed
-
+    if comp.get("fold") and not sequential:
         report_progress("fold", 0.6)
         for s in specs:
             if s.name in selections and s.name in features:
-                fold_removed(groups[s.name], selections[s.name], min_r2=float(copts.get("min_r2", 0.0)))
+                _fold(groups[s.name], selections[s.name], float(copts.get("min_r2", 0.0)))
         t = stage_done("fold", t)
 
     report_progress("prune", 0.65)
@@ -309,7 +329,8 @@ def prune(
         if s.name not in selections:
             continue
         keep = selections[s.name].keep.tolist()
-        remove_channels(dg, s.root, keep)
+        if not sequential:
+            remove_channels(dg, s.root, keep)
         plan_layers.append({"layer": s.name, "channels_before": s.n_channels, "keep": keep})
     t = stage_done("prune", t)
 

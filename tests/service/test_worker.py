@@ -99,6 +99,12 @@ def test_running_job_is_cancelled(stack: dict[str, Any], data_files: dict[str, P
             if time.monotonic() > deadline:
                 pytest.fail(f"job never reached fine-tuning; worker log:\n{stack['worker'].log()}")
             time.sleep(0.2)
+        # training progress over the API: epoch, step and ETA
+        while not (detail := c.get_job(job["id"])["progress_detail"]):
+            assert time.monotonic() < deadline, "no progress_detail while fine-tuning"
+            time.sleep(0.2)
+        assert detail["phase"] == "finetune" and detail["epochs"] == 500 and detail["epoch"] >= 1
+        assert detail["eta_s"] > 0 and detail["steps"] >= detail["step"] >= 1 and "loss" in detail
         assert c.cancel(job["id"])["cancel_requested"] is True
         t = time.monotonic()
         final = wait_for(c, job["id"], stack["worker"], timeout=60)

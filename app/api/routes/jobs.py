@@ -86,6 +86,7 @@ def job_out(request: Request, job: Job) -> JobOut:
     """The public view of ``job``."""
     return JobOut(
         id=job.id, status=job.status, stage=job.stage, progress=job.progress, model_id=job.model_id,  # type: ignore[arg-type]
+        progress_detail=job.progress_detail,
         calibration_dataset_id=job.calibration_dataset_id, eval_dataset_id=job.eval_dataset_id,
         method=job.method, spec=job.spec, error=job.error, result=job.result,
         artifacts=[artifact_out(request, job.id, a) for a in job.artifacts], attempts=job.attempts,
