@@ -79,7 +79,9 @@ class JobSpec(BaseModel):
     finetune: dict[str, Any] | None = Field(default=None, description="Fine-tuning settings (needs eval data).")
     allocation: Literal["uniform", "global", "sensitivity"] = "uniform"
     round_to: int | None = Field(default=None, ge=1)
-    compensation: dict[str, bool] | None = None
+    compensation: dict[Literal["fold", "lstsq", "bn", "sequential"], bool] | None = Field(
+        default=None, description="Compensation switches with calibration data: fold, lstsq, bn (on by default) "
+        "and sequential (off: select and re-fit group by group).")
     calib_samples: int = Field(default=1024, ge=1)
     eval_samples: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=128, ge=1, le=4096)

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning's L1 pruner")
     ap.add_argument("--allocation", default="uniform", choices=("uniform", "global", "sensitivity"),
                     help="per-layer allocation (rows are labelled method+allocation unless uniform)")
+    ap.add_argument("--allocation-options", default="{}", help="JSON, e.g. '{\"n_images\": 512}'")
     ap.add_argument("--sequential", action="store_true",
                     help="sequential pruning (select and re-fit group by group) when compensation is on")
     ap.add_argument("--eval-samples", type=int, default=0, help="seeded test subset (0 = all 10,000)")
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                     pm, rep = prune(base, example, method, target_flops_reduction=target, calib=calib,
                                     compensation=None if on else {"fold": False, "lstsq": False, "bn": False},
                                     compensation_options={"sequential": True} if on and args.sequential else None,
-                                    allocation=args.allocation, device=device)
+                                    allocation=args.allocation, device=device,
+                                    allocation_options=json.loads(args.allocation_options) or None)
                     prune_s = time.perf_counter() - t0
                     record({"net": net, "method": label, "compensation": comp, "target": target,
                             "flops_reduction": rep["flops_reduction"], "params_reduction": rep["params_reduction"],

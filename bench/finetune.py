@@ -6,8 +6,10 @@ SGD, cosine with warm-up, distillation from the dense model, standard crop+flip 
 
 - ``dense``: the unpruned checkpoint fine-tuned the same way (the JPEG images shift the domain, so it gains too:
   this is the row to compare with, not the untouched checkpoint);
-- ``l1`` and the similarity method (``--sim``, default ``qsfm``): ``simprune.prune`` to ``--target`` with the
-  default compensation (fold + least squares + BN re-estimation) on ``--calib-samples`` images, then fine-tuned;
+- ``l1`` and the similarity method (``--sim``, default ``qsfm``), or any other method named in ``--methods``:
+  ``simprune.prune`` to ``--target`` with the default compensation (fold + least squares + BN re-estimation)
+  on ``--calib-samples`` images (``--allocation``, ``--sequential`` as in ``bench/accuracy.py``), then
+  fine-tuned;
 - ``dcff``: trained compact from the checkpoint (uniform ratio over the fusable convs meeting the target;
   temperature from ``--dcff-t-start``).
 
@@ -72,6 +74,9 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.5, help="FLOPs reduction")
     ap.add_argument("--sim", default="qsfm", help="similarity method compared with l1")
     ap.add_argument("--methods", default="dense,l1,sim,dcff", help="rows to run (comma-separated)")
+    ap.add_argument("--allocation", default="uniform", choices=("uniform", "global", "sensitivity"),
+                    help="allocation of the pruned (non-dcff) rows")
+    ap.add_argument("--sequential", action="store_true", help="sequential pruning for the pruned rows")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -123,7 +128,8 @@ def main() -> None:
                                       device=dev, example_input=example, t_start=args.dcff_t_start)
         else:
             model, _rep = prune(dense, example, name, target_flops_reduction=args.target, calib=calib_loader,
-                                device=dev)
+                                device=dev, allocation=args.allocation,
+                                compensation_options={"sequential": True} if args.sequential else None)
             prune_s = time.perf_counter() - t0
             acc0 = evaluate_top1(model, evals, device=dev)
             t1 = time.perf_counter()

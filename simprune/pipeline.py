@@ -45,7 +45,7 @@ class PruneJob:
     input_size: tuple[int, ...] | None = None
     round_to: int | None = None
     allocation: str = "uniform"  # "uniform" | "global" | "sensitivity"
-    compensation: dict[str, bool] | None = None  # {"fold":, "lstsq":, "bn":}; None = defaults
+    compensation: dict[str, bool] | None = None  # {"fold":, "lstsq":, "bn":, "sequential":}; None = defaults
     device: str = "auto"
     seed: int = 0
     batch_size: int = 128

@@ -225,3 +225,13 @@ def test_sequential_pruning_sees_pruned_features_and_replays(one_thread: None) -
     rebuilt = load_pruned(plan, {k: v.clone() for k, v in pm.state_dict().items()}, model=copy.deepcopy(model))
     with torch.no_grad():
         assert torch.allclose(rebuilt(test), pm(test), atol=1e-5)
+
+
+def test_compensation_switches_validated(one_thread: None) -> None:
+    from simprune.errors import InputError
+
+    model, x, _ = _trained_tiny()
+    with pytest.raises(InputError, match="unknown compensation"):
+        prune(model, x[:2], "l1", pruning_ratio=0.5, calib=x[:64], compensation={"folding": False})
+    _, rep = prune(model, x[:2], "l1", pruning_ratio=0.5, calib=x[:64], compensation={"sequential": True})
+    assert rep["compensation_options"]["sequential"] is True and "sequential" not in rep["compensation"]

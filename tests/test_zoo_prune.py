@@ -15,7 +15,7 @@ from simprune.zoo import build_model, list_archs
 
 ARCHS = [a.name for a in list_archs()]
 # A second criterion per architecture, rotating so that every criterion prunes several architectures.
-SECOND = ["fpgm", "passive_sim", "qsfm", "nystrom_sim", "channel_cluster", "bn_scale", "l2", "random"]
+SECOND = ["fpgm", "passive_sim", "qsfm", "nystrom_sim", "channel_cluster", "bn_scale", "l2", "random", "recon"]
 
 
 def small_input(name: str) -> tuple[int, ...]:

@@ -95,6 +95,9 @@ def register(app: typer.Typer) -> None:
         no_fold: Annotated[bool, typer.Option("--no-fold", help="disable folding compensation")] = False,
         no_lstsq: Annotated[bool, typer.Option("--no-lstsq", help="disable least-squares reconstruction")] = False,
         no_bn: Annotated[bool, typer.Option("--no-bn", help="disable BatchNorm re-estimation")] = False,
+        sequential: Annotated[bool, typer.Option(
+            "--sequential", help="select and re-fit group by group on the pruned model's features (slower, "
+            "better with data-driven methods such as recon)")] = False,
         finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs after pruning")] = 0,
         train: Annotated[Path | None, typer.Option(help="training data for fine-tuning")] = None,
         train_samples: Annotated[int | None, typer.Option(help="limit training samples")] = None,
@@ -130,7 +133,8 @@ def register(app: typer.Typer) -> None:
             pruning_ratio=parse_ratio(pruning_ratio), method_options=parse_options(option), calib=calib,
             calib_samples=calib_samples, eval=eval, eval_samples=eval_samples, mean=parse_floats(mean, "--mean"),
             std=parse_floats(std, "--std"), num_classes=num_classes, in_channels=in_channels, round_to=round_to,
-            allocation=allocation, compensation={"fold": not no_fold, "lstsq": not no_lstsq, "bn": not no_bn},
+            allocation=allocation,
+            compensation={"fold": not no_fold, "lstsq": not no_lstsq, "bn": not no_bn, "sequential": sequential},
             device=device, seed=seed, batch_size=batch_size, finetune=finetune,
         )
         try:

@@ -156,7 +156,8 @@ def prune(
     Exactly one of ``target_flops_reduction`` (fraction of MACs to remove, met within half a point by search
     over the ratio) and ``pruning_ratio`` (fraction of channels per group, or ``"auto"`` for the method's own
     count) is required. ``calib`` (tensor, DataLoader, or iterable of batches) enables data-driven criteria
-    and compensation (``{"fold", "lstsq", "bn"}``, all on by default with data; fine control through
+    and compensation (``{"fold", "lstsq", "bn"}``, all on by default with data, and ``"sequential"``, off by
+    default: select and re-fit group by group, see :mod:`simprune.pruning.sequential`; fine control through
     ``compensation_options``, see :data:`DEFAULT_COMPENSATION_OPTIONS`). ``ignored_layers`` defaults
     to the classifier. The report carries FLOPs/params before and after, per-layer channels, timings and the
     plan (kept indices per group, replayable with :func:`simprune.load_pruned`).
@@ -201,7 +202,13 @@ def prune(
     copts = dict(DEFAULT_COMPENSATION_OPTIONS)
     copts.update(compensation_options or {})
     comp = dict(DEFAULT_COMPENSATION)
-    comp.update(compensation or {})
+    given = dict(compensation or {})
+    if "sequential" in given:  # a switch like the others, carried in the options
+        copts["sequential"] = bool(given.pop("sequential"))
+    unknown_comp = set(given) - set(comp)
+    if unknown_comp:
+        raise InputError(f"unknown compensation switch(es) {sorted(unknown_comp)}; valid: fold, lstsq, bn, sequential")
+    comp.update(given)
     if calib is None:
         comp = {k: False for k in comp}
     device = torch.device(device) if isinstance(device, str) else device
