@@ -195,6 +195,7 @@ def test_jobs_idempotency_validation_pagination_cancel(api: TestClient, data_fil
     job = first.json()
     assert first.headers["location"].endswith(f"/v1/jobs/{job['id']}")
     assert job["status"] == "queued" and job["progress"] == 0 and job["artifacts"] == []
+    assert job["progress_detail"] is None
     again = api.post("/v1/jobs", json=req, headers={"Idempotency-Key": "abc-1"})
     assert again.status_code == 200 and again.json()["id"] == job["id"]
     assert_problem(api.post("/v1/jobs", json={**req, "target_flops_reduction": 0.5},
@@ -208,6 +209,7 @@ def test_jobs_idempotency_validation_pagination_cancel(api: TestClient, data_fil
         ({**req, "model_id": "mdl_missing"}, 404),
         ({**req, "calibration_dataset_id": "dst_missing"}, 404),
         ({**req, "surprise": 1}, 422),
+        ({**req, "compensation": {"folding": False}}, 422),
     ]
     data_methods = [m["name"] for m in api.get("/v1/methods").json()["items"] if m["needs_data"]]
     if data_methods:
