@@ -87,3 +87,27 @@ def test_sensitivity_needs_calibration_data() -> None:
     with pytest.raises(InputError, match="unknown allocation options"):
         prune(model, torch.randn(1, 3, 12, 12), "l1", target_flops_reduction=0.3, allocation="sensitivity",
               calib=torch.randn(4, 3, 12, 12), allocation_options={"bogus": 1})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_min_damage_choice_matches_brute_force(seed: int) -> None:
+    import itertools
+
+    from simprune.pruning.allocation import _min_damage_choice
+
+    gen = torch.Generator().manual_seed(seed)
+    options = {}
+    for g in range(4):
+        n = 5
+        flops = torch.rand(n, generator=gen).sort().values * 100  # saved FLOPs grow as fewer are kept
+        dmg = torch.rand(n, generator=gen).sort().values  # so does the damage (non-convex in general)
+        options[f"g{g}"] = [(n - i, float(dmg[i]) if i else 0.0, float(flops[i]) if i else 0.0) for i in range(n)]
+    need = float(torch.rand(1, generator=gen)) * 150 + 20
+    best, best_keep = float("inf"), None
+    for combo in itertools.product(*options.values()):
+        if sum(o[2] for o in combo) >= need and sum(o[1] for o in combo) < best - 1e-12:
+            best, best_keep = sum(o[1] for o in combo), {k: o[0] for k, o in zip(options, combo, strict=True)}
+    keep = _min_damage_choice(options, need)
+    chosen = [next(o for o in options[k] if o[0] == keep[k]) for k in options]
+    assert sum(o[2] for o in chosen) >= need
+    assert sum(o[1] for o in chosen) == pytest.approx(best, abs=1e-9), (keep, best_keep)

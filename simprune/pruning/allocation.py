@@ -298,6 +298,46 @@ def _interp_curve(curve: dict[int, float], n: int) -> list[float]:
     return dmg
 
 
+KNAPSACK_UNITS = 20_000
+
+
+def _min_damage_choice(options: dict[str, list[tuple[int, float, float]]], need: float,
+                       units: int = KNAPSACK_UNITS) -> dict[str, int]:
+    """One option ``(kept, damage, flops saved)`` per group, minimising the summed damage with at least
+    ``need`` FLOPs saved (multiple-choice knapsack; saved FLOPs rounded down to ``need / units``, so the
+    constraint holds exactly). Ties keep more channels."""
+    names = list(options)
+    if need <= 0:
+        return {n: max(o[0] for o in options[n]) for n in names}
+    unit = need / units
+    dp = torch.full((units + 1,), math.inf, dtype=torch.float64)
+    dp[0] = 0.0
+    back: list[tuple[torch.Tensor, torch.Tensor]] = []  # per group: (option index, predecessor) per state
+    ar = torch.arange(units + 1)
+    for name in names:
+        opts = options[name]
+        # suffix minimum of dp (value, index) for the capped state "units"
+        rev = torch.flip(dp, [0])
+        suf_val, suf_idx = torch.cummin(rev, 0)
+        suf_val, suf_idx = torch.flip(suf_val, [0]), units - torch.flip(suf_idx, [0])
+        cand = torch.full((len(opts), units + 1), math.inf, dtype=torch.float64)
+        pred = torch.zeros((len(opts), units + 1), dtype=torch.long)
+        for i, (_k, dmg, saved) in enumerate(opts):
+            su = min(units, int(saved // unit))
+            cand[i, su:units] = dp[: units - su] + dmg
+            pred[i, su:units] = ar[: units - su]
+            cand[i, units] = suf_val[units - su] + dmg
+            pred[i, units] = suf_idx[units - su]
+        dp, choice = torch.min(cand, 0)  # first minimum: options run from most kept to fewest
+        back.append((choice, pred.gather(0, choice.unsqueeze(0)).squeeze(0)))
+    keep: dict[str, int] = {}
+    state = units
+    for name, (choice, pred) in zip(reversed(names), reversed(back), strict=True):
+        keep[name] = options[name][int(choice[state])][0]
+        state = int(pred[state])
+    return keep
+
+
 def sensitivity_keep(
     specs: list[GroupSpec],
     damage: dict[str, dict[int, float]],
@@ -307,11 +347,13 @@ def sensitivity_keep(
     round_to: int | None = None,
     min_keep_frac: float = 0.125,
 ) -> dict[str, int]:
-    """Kept counts that minimise the summed per-group damage subject to the FLOPs target (Lagrangian search).
+    """Kept counts that minimise the summed per-group damage subject to the FLOPs target.
 
-    Each group's FLOPs are taken as additive (exact when groups do not share layers, as for the inner
-    channels of residual blocks; the final count is corrected by :func:`refine_to_target` anyway). No group
-    keeps fewer than ``min_keep_frac`` of its channels, nor fewer than its smallest probed count.
+    Solved exactly (up to a 1/20,000 discretisation of the FLOPs to save) as a multiple-choice knapsack by
+    dynamic programming, so the target is met closely. Each group's FLOPs are taken as additive (exact when
+    groups do not share layers, as for the inner channels of residual blocks; the final count is corrected
+    by :func:`refine_to_target` anyway). No group keeps fewer than ``min_keep_frac`` of its channels, nor
+    fewer than its smallest probed count.
     """
     if not 0.0 < target_reduction < 1.0:
         raise InputError("target FLOPs reduction must be in (0, 1)")
@@ -345,17 +387,5 @@ def sensitivity_keep(
             f"target FLOPs reduction {target_reduction:.1%} is out of reach with at least {min_keep_frac:.0%} "
             "of every group kept"
         )
-    lo_l, hi_l = 0.0, 1.0
-    scale = max((o[1] for opts in options.values() for o in opts if math.isfinite(o[1])), default=1.0) or 1.0
-    hi_l = scale / max(1.0, min((o[2] for opts in options.values() for o in opts if o[2] > 0), default=1.0))
-    while pick(hi_l)[1] < need and hi_l < 1e30:
-        hi_l *= 4.0
-    best = pick(hi_l)[0]
-    for _ in range(60):
-        mid = (lo_l + hi_l) / 2
-        keep, saved = pick(mid)
-        if saved >= need:
-            hi_l, best = mid, keep
-        else:
-            lo_l = mid
+    best = _min_damage_choice(options, need)
     return refine_to_target(best, specs, flops_model, flops_before, target_reduction, round_to)
