@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--dcff-t-start", type=float, default=100.0,
                     help="DCFF initial temperature (the paper's 1 blends filters: too destructive for 1 epoch)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--cache", type=Path, default=Path(".cache/bench_finetune"))
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args()
@@ -93,6 +94,8 @@ def main() -> None:
     if not (SHARED / "checkpoints" / "resnet56-4bfd9763.th").is_file():
         sys.exit(f"shared data not found under {SHARED}")
     dev = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t = time.perf_counter()
     train_ds = open_dataset(SHARED / "cifar10-jpeg" / "train.zip", mean=IMAGENET_MEAN, std=IMAGENET_STD,

@@ -461,3 +461,15 @@ def test_recon_wide_layers_use_diagonal_approximation() -> None:
     grp.features[:, 2] *= 0.0  # a dead channel costs nothing
     sel = get_criterion("recon", max_dim=8).select(grp, 5)
     assert 2 not in sel.keep.tolist()
+
+
+def test_recon_with_target_reconstructs_the_dense_output() -> None:
+    grp = consumer_group(6, 3, seed=6)
+    dense = grp.features.clone()
+    noise = torch.relu(torch.randn(dense[:, 2].shape, generator=torch.Generator().manual_seed(9))) * 3.0
+    grp.features[:, 2] = noise  # this model's channel 2 no longer carries the dense channel 2
+    alone = get_criterion("recon").select(grp, 5).keep.tolist()
+    assert 2 in alone  # reconstructing its own output, the loud channel is expensive to drop
+    grp.extra["target_features"] = dense
+    with_target = get_criterion("recon").select(grp, 5).keep.tolist()
+    assert 2 not in with_target  # reconstructing the dense output, it is worthless

@@ -131,8 +131,8 @@ def refine_to_target(
 
 
 SENSITIVITY_DEFAULTS: dict[str, object] = {
-    "n_images": 128,
-    "fractions": (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875),
+    "n_images": 256,
+    "fractions": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     "min_keep_frac": 0.125,
     "local": "lstsq",
     "damage": None,
