@@ -31,7 +31,7 @@ FEATURE_BUDGET = 8_000_000  # floats kept per group for data-driven criteria and
 
 DEFAULT_COMPENSATION = {"fold": True, "lstsq": True, "bn": True}
 DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": True, "min_r2": 0.0,
-                                                "sequential": False, "sequential_images": 256}
+                                                "sequential": False, "sequential_images": 1024}
 """Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
 (re-estimate BatchNorms inside the least-squares pass instead of after it), ``min_r2`` (folding threshold),
 ``sequential`` (select, remove and re-fit one group at a time on the pruned model's features, see
@@ -308,7 +308,7 @@ def prune(
             to_group=_to_channel_group,
             select=_chunked_select,
             fold=(lambda g, sel: _fold(g, sel, min_r2)) if comp.get("fold") else None,
-            n_images=int(copts.get("sequential_images", 256)),
+            n_images=int(copts.get("sequential_images", 1024)),
             lstsq_options={k: v for k, v in copts.items() if k in LSTSQ_OPTIONS},
             progress=lambda f: report_progress("select", 0.4 + 0.3 * f), should_cancel=should_cancel)
     for i, s in enumerate([] if sequential else specs):

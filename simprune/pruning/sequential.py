@@ -21,7 +21,7 @@ from simprune.errors import JobCancelled
 from simprune.pruning.groups import GroupSpec
 from simprune.pruning.surgery import remove_channels
 
-SEQUENTIAL_IMAGES = 256
+SEQUENTIAL_IMAGES = 1024
 """Calibration images used for each group's selection and local re-fit."""
 
 
