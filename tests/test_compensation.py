@@ -235,3 +235,27 @@ def test_compensation_switches_validated(one_thread: None) -> None:
         prune(model, x[:2], "l1", pruning_ratio=0.5, calib=x[:64], compensation={"folding": False})
     _, rep = prune(model, x[:2], "l1", pruning_ratio=0.5, calib=x[:64], compensation={"sequential": True})
     assert rep["compensation_options"]["sequential"] is True and "sequential" not in rep["compensation"]
+
+
+@pytest.mark.parametrize("arch", ["cifar_mobilenet_v2", "regnet_y_400mf"])
+def test_sequential_recon_on_depthwise_and_grouped_archs(arch: str, one_thread: None) -> None:
+    """Depthwise-coupled (MobileNetV2) and grouped-conv (RegNet) groups go through sequential pruning."""
+    from simprune.plan import load_pruned, make_plan
+    from simprune.pruning.batchnorm import reestimate_bn
+    from simprune.zoo import build_model
+
+    size = (3, 32, 32)
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10)
+    reestimate_bn(model, [torch.randn(8, *size)])
+    model.eval()
+    calib = torch.randn(16, *size)
+    pm, rep = prune(model, calib[:1], "recon", pruning_ratio=0.3, calib=calib, compensation={"sequential": True})
+    assert rep["params_after"] < rep["params_before"] and rep["compensation_options"]["sequential"]
+    x = torch.randn(2, *size)
+    plan = make_plan(rep, arch=arch, input_size=size, num_classes=10)
+    rebuilt = load_pruned(plan, {k: v.clone() for k, v in pm.state_dict().items()})
+    with torch.no_grad():
+        out = pm(x)
+        assert out.shape == (2, 10) and torch.isfinite(out).all()
+        assert torch.allclose(rebuilt(x), out, atol=1e-5)
