@@ -72,8 +72,8 @@ def claim(settings: Settings, job_id: str) -> int | None:
             .where(Job.id == job_id, Job.cancel_requested.is_(False),
                    or_(Job.status == "queued",
                        (Job.status == "running") & (Job.heartbeat_at < stale) & (Job.attempts < settings.max_attempts)))
-            .values(status="running", started_at=now, heartbeat_at=now, stage="starting", progress=0.0, progress_detail=None,
-                    attempts=Job.attempts + 1, worker_id=me)
+            .values(status="running", started_at=now, heartbeat_at=now, stage="starting", progress=0.0,
+                    progress_detail=None, attempts=Job.attempts + 1, worker_id=me)
         )
         if res.rowcount != 1:
             return None
