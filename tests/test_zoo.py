@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +44,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Batch-1 forwards on a shared CPU: intra-op threads only add synchronisation stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _test_input(info: ArchInfo, in_channels: int | None = None, small: bool = False) -> torch.Tensor:

@@ -25,12 +25,7 @@ MAX_GROUPS = 12
 MAX_WIDTH = 1024
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _size(name: str) -> tuple[int, ...]:

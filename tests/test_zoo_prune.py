@@ -26,12 +26,7 @@ def small_input(name: str) -> tuple[int, ...]:
     return size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def realistic(name: str, size: tuple[int, ...]) -> torch.nn.Module:

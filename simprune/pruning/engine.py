@@ -53,6 +53,17 @@ def iter_inputs(calib: Any, device: torch.device | None = None) -> Iterator[torc
         yield x.to(device) if device is not None else x
 
 
+def first_inputs(calib: Any, n: int, device: torch.device | None = None) -> torch.Tensor:
+    """The first ``n`` calibration inputs (fewer if there are fewer) as one tensor."""
+    xs, have = [], 0
+    for x in iter_inputs(calib, device):
+        xs.append(x[: n - have])
+        have += xs[-1].shape[0]
+        if have >= n:
+            break
+    return torch.cat(xs)
+
+
 def _feature_hooks(model: nn.Module, specs: list[GroupSpec], store: dict[str, list[torch.Tensor]],
                    caps: dict[str, int]) -> list[Any]:
     modules = dict(model.named_modules())
@@ -261,19 +272,14 @@ def prune(
             if missing:
                 raise InputError(f"allocation option 'damage' lacks the groups {missing[:5]}")
         else:
-            xs, have = [], 0
-            for x in iter_inputs(calib, device):
-                xs.append(x[: int(aopts["n_images"]) - have])
-                have += xs[-1].shape[0]
-                if have >= int(aopts["n_images"]):
-                    break
+            scan_inputs = first_inputs(calib, int(aopts["n_images"]), device)
             for s in specs:
                 crit.check(groups[s.name])
 
             def select_keep(spec: GroupSpec, k: int) -> torch.Tensor:
                 return _chunked_select(crit, groups[spec.name], k, spec.ch_groups).keep
 
-            sensitivity = sensitivity_scan(work, specs, torch.cat(xs), select_keep, tuple(aopts["fractions"]),
+            sensitivity = sensitivity_scan(work, specs, scan_inputs, select_keep, tuple(aopts["fractions"]),
                                            round_to, should_cancel, local=str(aopts["local"]))
         timings["sensitivity_scan"] = round(time.perf_counter() - t, 4)
         keep_counts = sensitivity_keep(specs, sensitivity, flops_model, before["flops"], target, round_to,

@@ -25,17 +25,6 @@ SEQUENTIAL_IMAGES = 1024
 """Calibration images used for each group's selection and local re-fit."""
 
 
-def first_images(batches: Any, n: int, iter_inputs: Callable[..., Any], device: torch.device) -> torch.Tensor:
-    """The first ``n`` calibration images as one tensor."""
-    xs, have = [], 0
-    for x in iter_inputs(batches, device):
-        xs.append(x[: n - have])
-        have += xs[-1].shape[0]
-        if have >= n:
-            break
-    return torch.cat(xs)
-
-
 def prune_sequentially(
     work: nn.Module,
     dense: nn.Module,
@@ -56,9 +45,9 @@ def prune_sequentially(
 ) -> dict[str, Selection]:
     """Prune ``work`` in place group by group (see the module docstring); returns the selections."""
     from simprune.compensation.lstsq import reconstruct_consumers
-    from simprune.pruning.engine import collect_features, iter_inputs
+    from simprune.pruning.engine import collect_features, first_inputs
 
-    xs = first_images(calib, n_images, iter_inputs, device)
+    xs = first_inputs(calib, n_images, device)
     todo = [s for s in specs if keep_counts[s.name] < s.n_channels]
     dense_feats = collect_features(dense, todo, xs, device, should_cancel)
     opts = {k: v for k, v in (lstsq_options or {}).items() if k in ("ridge", "max_rows", "seed")}
