@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from simprune.checkpoint import load_state_dict
 from simprune.data import open_dataset
-from simprune.dcff import dcff_layer_ratios, dcff_train
+from simprune.methods.dcff import dcff_layer_ratios, dcff_train
 from simprune.finetune import FinetuneConfig, evaluate_top1, finetune, pick_device
 from simprune.flops import count_model
 from simprune.pruning.engine import prune

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from simprune.criteria._similarity import filter_prototypes, passive_greedy
-from simprune.criteria.base import ChannelGroup
-from simprune.criteria.nystrom_sim import NystromSim
-from simprune.criteria.passive_sim import PassiveSim
+from simprune.methods._similarity import filter_prototypes, passive_greedy
+from simprune.methods.base import ChannelGroup
+from simprune.methods.nystrom_sim import NystromSim
+from simprune.methods.passive_sim import PassiveSim
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -16,8 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from simprune.criteria import ChannelGroup, Criterion, get_criterion
-from simprune.criteria._similarity import (
+from simprune.methods import ChannelGroup, Criterion, get_criterion
+from simprune.methods._similarity import (
     DIST_DECIMALS,
     cosine_similarity_matrix,
     flat_filters,

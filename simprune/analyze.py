@@ -21,7 +21,7 @@ from simprune.analysis import (
     suggest_ratio,
     write_html_report,
 )
-from simprune.criteria import get_criterion
+from simprune.methods import get_criterion
 from simprune.errors import InputError
 from simprune.pruning.engine import _to_channel_group, collect_features
 from simprune.pruning.groups import discover_groups

@@ -380,7 +380,7 @@ def _pop_options(opts: dict[str, Any], defaults: dict[str, Any], method: str) ->
 
 def _run_dcff(dense: Any, ctx: _Ctx) -> tuple[Any, dict[str, Any], dict[str, Any], Callable[..., Any]]:
     """DCFF from the checkpoint: uniform per-layer ratios over the fusable convs meeting the target, training."""
-    from simprune.dcff import T_END, T_K, T_START, dcff_layer_ratios, dcff_train
+    from simprune.methods.dcff import T_END, T_K, T_START, dcff_layer_ratios, dcff_train
     from simprune.errors import InputError
     from simprune.flops import count_model
     from simprune.plan import make_plan
@@ -436,7 +436,7 @@ def _ssc_fraction_for(dense: Any, target: float, flops: dict[str, Any], p: int |
 
     A converted conv keeps ``(g * kh * kw + p) / (C_in * kh * kw)`` of its MACs (``flops`` = dense counts).
     """
-    from simprune.ssc import ssc_conversions
+    from simprune.methods.ssc import ssc_conversions
 
     layer_flops = {r["name"]: r["flops"] for r in flops["per_layer"]}
 
@@ -472,7 +472,7 @@ def _run_ssc(dense: Any, ctx: _Ctx) -> tuple[Any, dict[str, Any], dict[str, Any]
     from simprune.errors import InputError
     from simprune.finetune import finetune
     from simprune.flops import count_model
-    from simprune.ssc import convert_to_ssc, export_ssc, load_ssc, ssc_plan, ssc_stats
+    from simprune.methods.ssc import convert_to_ssc, export_ssc, load_ssc, ssc_plan, ssc_stats
 
     t0 = time.perf_counter()
     job = ctx.job

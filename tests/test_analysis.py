@@ -20,7 +20,7 @@ from simprune.analysis import (
     suggest_ratio,
     write_html_report,
 )
-from simprune.criteria import ChannelGroup, get_criterion
+from simprune.methods import ChannelGroup, get_criterion
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from simprune.criteria import get_criterion
-from simprune.criteria.base import ChannelGroup
+from simprune.methods import get_criterion
+from simprune.methods.base import ChannelGroup
 from simprune.pipeline import PruneJob, run_prune_job
 from simprune.zoo import build_model
 

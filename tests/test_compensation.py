@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from simprune.compensation import fold_removed, merge_map, reconstruct_consumers
-from simprune.criteria.base import ChannelGroup, Consumer, Selection
+from simprune.methods.base import ChannelGroup, Consumer, Selection
 from simprune.pruning.engine import prune
 from simprune.pruning.groups import GroupSpec
 
@@ -192,7 +192,7 @@ def test_engine_compensation_beats_none_on_trained_model(one_thread: None) -> No
 
 
 def test_sequential_pruning_sees_pruned_features_and_replays(one_thread: None) -> None:
-    from simprune.criteria.recon import Reconstruction
+    from simprune.methods.recon import Reconstruction
     from simprune.plan import load_pruned, make_plan
 
     model, x, _ = _trained_tiny()

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from simprune.criteria import ChannelGroup, Consumer, CriterionError, get_criterion, list_criteria
-from simprune.criteria._similarity import filter_prototypes, ordered_scores
-from simprune.criteria.channel_cluster import average_linkage
-from simprune.criteria.nystrom_sim import choose_landmarks
+from simprune.methods import ChannelGroup, Consumer, CriterionError, get_criterion, list_criteria
+from simprune.methods._similarity import filter_prototypes, ordered_scores
+from simprune.methods.channel_cluster import average_linkage
+from simprune.methods.nystrom_sim import choose_landmarks
 
 ALL = ["l1", "l2", "fpgm", "bn_scale", "random", "passive_sim", "nystrom_sim", "qsfm", "channel_cluster", "recon"]
 DATA = {"qsfm", "channel_cluster", "recon"}

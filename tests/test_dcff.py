@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from simprune.dcff import (
+from simprune.methods.dcff import (
     FusedConv2d,
     dcff_eligible_layers,
     dcff_scores,

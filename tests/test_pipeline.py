@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from simprune.errors import InputError, JobCancelled
 from simprune.pipeline import PruneJob, run_prune_job
 from simprune.plan import load_pruned
-from simprune.ssc import SSC_PLAN_FORMAT, load_ssc
+from simprune.methods.ssc import SSC_PLAN_FORMAT, load_ssc
 from simprune.zoo import build_model
 
 HW = 16  # the CIFAR ResNets pool globally: small inputs keep the tests fast

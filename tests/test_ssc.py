@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from simprune.errors import InputError
 from simprune.finetune import FinetuneConfig
-from simprune.ssc import (
+from simprune.methods.ssc import (
     SSC_PLAN_FORMAT,
     GroupedPlusPointwise,
     SSConv2d,

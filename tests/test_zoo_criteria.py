@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from simprune.criteria import get_criterion, list_criteria
+from simprune.methods import get_criterion, list_criteria
 from simprune.pruning.engine import _chunked_select, _to_channel_group, collect_features
 from simprune.pruning.groups import discover_groups
 from simprune.pruning.surgery import remove_channels

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from simprune.criteria._similarity import channel_moments, lstsq_fit
-from simprune.criteria.base import ChannelGroup, Selection
+from simprune.methods._similarity import channel_moments, lstsq_fit
+from simprune.methods.base import ChannelGroup, Selection
 
 MAX_POSITIONS = 200_000
 

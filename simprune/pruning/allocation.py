@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from simprune.criteria.base import normalize_scores
+from simprune.methods.base import normalize_scores
 from simprune.errors import InputError, JobCancelled
 from simprune.pruning.groups import FlopsModel, GroupSpec
 

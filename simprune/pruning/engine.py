@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from simprune.criteria.base import ChannelGroup, Criterion, Selection, get_criterion
+from simprune.methods.base import ChannelGroup, Criterion, Selection, get_criterion
 from simprune.errors import InputError, JobCancelled
 from simprune.flops import count_model
 from simprune.pruning.allocation import (

@@ -23,7 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from simprune.criteria.base import Consumer
+from simprune.methods.base import Consumer
 
 PRUNABLE_ROOTS = (nn.Conv2d, nn.Conv1d, nn.Linear)
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from simprune.criteria.base import ChannelGroup, Criterion, Selection
+from simprune.methods.base import ChannelGroup, Criterion, Selection
 from simprune.errors import JobCancelled
 from simprune.pruning.groups import GroupSpec
 from simprune.pruning.surgery import remove_channels

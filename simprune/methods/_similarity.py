@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from simprune.criteria.base import ChannelGroup, Criterion, Selection
+from simprune.methods.base import ChannelGroup, Criterion, Selection
 
 DIST_DECIMALS = 5
 """passive_sim / nystrom_sim round the distance matrix to this many decimals (the paper's procedure)."""

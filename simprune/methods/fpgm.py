@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from simprune.criteria._similarity import ScoreCriterion, flat_filters
-from simprune.criteria.base import ChannelGroup, register_criterion
+from simprune.methods._similarity import ScoreCriterion, flat_filters
+from simprune.methods.base import ChannelGroup, register_criterion
 
 
 @register_criterion

@@ -19,9 +19,9 @@ from typing import ClassVar
 
 import torch
 
-from simprune.criteria._similarity import filter_prototypes, greedy_selection, rounded_distance
-from simprune.criteria.base import ChannelGroup, Selection, register_criterion
-from simprune.criteria.passive_sim import PassiveSim
+from simprune.methods._similarity import filter_prototypes, greedy_selection, rounded_distance
+from simprune.methods.base import ChannelGroup, Selection, register_criterion
+from simprune.methods.passive_sim import PassiveSim
 
 LANDMARKS = ("first", "random", "kmeans++")
 

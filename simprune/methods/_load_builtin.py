@@ -8,4 +8,4 @@ BUILTIN = (
 )
 
 for _name in BUILTIN:
-    importlib.import_module(f"simprune.criteria.{_name}")
+    importlib.import_module(f"simprune.methods.{_name}")

@@ -34,8 +34,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from simprune.criteria._similarity import Moments, group_moments, lstsq_fit, ordered_scores, resolve_n_keep
-from simprune.criteria.base import ChannelGroup, Criterion, Selection, register_criterion
+from simprune.methods._similarity import Moments, group_moments, lstsq_fit, ordered_scores, resolve_n_keep
+from simprune.methods.base import ChannelGroup, Criterion, Selection, register_criterion
 
 DISTRIBUTIONS = ("w2", "skl")
 

@@ -2,7 +2,7 @@
 
 Data-free: only the layer's weights are used.
 
-1. Prototype per filter (:func:`~simprune.criteria._similarity.filter_prototypes`): ``A_j =
+1. Prototype per filter (:func:`~simprune.methods._similarity.filter_prototypes`): ``A_j =
    W[j].reshape(C_in, kh*kw).T`` (row = spatial position ``i*kw + jj``, column = input channel), SVD
    ``A_j = U S V^T``, prototype ``u_1`` sign-fixed by the sign of ``v_1[0]``; one batched SVD for all filters.
    For 1x1 kernels and Linear layers ``u_1`` has length 1 and means nothing, so the prototype is the filter's
@@ -24,7 +24,7 @@ Within a round a filter is removed only because a kept filter (its witness, repo
 ``Selection.info["nearest_kept"]``) is its closest match, so the two members of that closest pair are never
 both removed in the round; a witness may itself be removed in a later round (the constraint is relaxed
 round by round, and ``info["rounds_used"]`` says how many rounds were needed). ``scores`` follows the same
-order (see :meth:`~simprune.criteria._similarity.Elimination.scores`), so global ranking agrees with
+order (see :meth:`~simprune.methods._similarity.Elimination.scores`), so global ranking agrees with
 ``select``. ``Selection.merge`` is ``None``: a weight-only method has no data to fit merge coefficients.
 """
 
@@ -36,14 +36,14 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from simprune.criteria._similarity import (
+from simprune.methods._similarity import (
     cosine_similarity_matrix,
     eliminate,
     filter_prototypes,
     greedy_selection,
     rounded_distance,
 )
-from simprune.criteria.base import ChannelGroup, Criterion, Selection, register_criterion
+from simprune.methods.base import ChannelGroup, Criterion, Selection, register_criterion
 
 
 @register_criterion

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from simprune.criteria._similarity import flat_filters, resolve_n_keep, topk_stable
-from simprune.criteria.base import ChannelGroup, Criterion, Selection, register_criterion
+from simprune.methods._similarity import flat_filters, resolve_n_keep, topk_stable
+from simprune.methods.base import ChannelGroup, Criterion, Selection, register_criterion
 
 
 def _gamma(group: ChannelGroup) -> torch.Tensor | None:

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from simprune.criteria._similarity import resolve_n_keep
-from simprune.criteria.base import ChannelGroup, Criterion, Selection, register_criterion
+from simprune.methods._similarity import resolve_n_keep
+from simprune.methods.base import ChannelGroup, Criterion, Selection, register_criterion
 
 
 def _consumer_rows(mod: nn.Module, feats: torch.Tensor, max_rows: int, gen: torch.Generator) -> torch.Tensor | None:

@@ -1,7 +1,7 @@
-"""Pruning criteria, one module per method, registered by name (see :mod:`simprune.criteria.base`)."""
+"""Pruning criteria, one module per method, registered by name (see :mod:`simprune.methods.base`)."""
 
-from simprune.criteria import _load_builtin  # noqa: F401
-from simprune.criteria.base import (
+from simprune.methods import _load_builtin  # noqa: F401
+from simprune.methods.base import (
     ChannelGroup,
     Consumer,
     Criterion,

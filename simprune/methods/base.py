@@ -16,7 +16,7 @@ Contract (mirrors Torch-Pruning's ``Importance``, extended for selection and mer
 Example::
 
     >>> import torch
-    >>> from simprune.criteria import get_criterion
+    >>> from simprune.methods import get_criterion
     >>> conv = torch.nn.Conv2d(3, 4, 3)
     >>> g = ChannelGroup(name="conv", conv=conv, bn=None, n_channels=4)
     >>> get_criterion("l1").select(g, 2).keep.tolist()  # doctest: +SKIP
@@ -136,7 +136,7 @@ def register_criterion(cls: type[Criterion]) -> type[Criterion]:
 
 def get_criterion(name: str, **options: Any) -> Criterion:
     """Instantiate a registered criterion with its options; unknown names/options raise ``ValueError``."""
-    from simprune.criteria import _load_builtin  # noqa: F401  (import side effect: registration)
+    from simprune.methods import _load_builtin  # noqa: F401  (import side effect: registration)
 
     if name not in _REGISTRY:
         raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(sorted(_REGISTRY))}")
@@ -150,7 +150,7 @@ def get_criterion(name: str, **options: Any) -> Criterion:
 
 def list_criteria() -> list[dict[str, Any]]:
     """Every registered criterion's :meth:`Criterion.describe`."""
-    from simprune.criteria import _load_builtin  # noqa: F401
+    from simprune.methods import _load_builtin  # noqa: F401
 
     return [_REGISTRY[k].describe() for k in sorted(_REGISTRY)]
 
