@@ -1,16 +1,29 @@
-"""Pruning criteria, one module per method, registered by name (see :mod:`simprune.methods.base`)."""
+"""Every method a job can name, one module per method, in one registry (:mod:`simprune.methods.registry`).
 
-from simprune.methods import _load_builtin  # noqa: F401
+Selection criteria (``l1``, ``qsfm``, ...) implement the :class:`Criterion` contract of
+:mod:`simprune.methods.base`; training methods (``dcff``, ``ssc``) implement :meth:`Method.run` themselves.
+"""
+
 from simprune.methods.base import (
     ChannelGroup,
     Consumer,
     Criterion,
     CriterionError,
+    Method,
+    MethodResult,
+    RunContext,
     Selection,
-    get_criterion,
-    list_criteria,
     normalize_scores,
-    register_criterion,
+    option,
+)
+from simprune.methods.registry import (
+    get_criterion,
+    get_method,
+    list_criteria,
+    list_methods,
+    load_methods,
+    method_class,
+    register_method,
 )
 
 __all__ = [
@@ -18,9 +31,17 @@ __all__ = [
     "Consumer",
     "Criterion",
     "CriterionError",
+    "Method",
+    "MethodResult",
+    "RunContext",
     "Selection",
     "get_criterion",
+    "get_method",
     "list_criteria",
+    "list_methods",
+    "load_methods",
+    "method_class",
     "normalize_scores",
-    "register_criterion",
+    "option",
+    "register_method",
 ]

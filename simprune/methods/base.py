@@ -1,4 +1,10 @@
-"""The criterion contract: one callable per method, registered by name.
+"""What a method is: the :class:`Method` base every registered method derives from, and the criterion
+contract (:class:`Criterion`) that the pruning phases drive.
+
+A method is a dataclass whose fields are its options. :func:`option` declares one with its help text and
+range; :meth:`Method.options_model` turns the fields into a pydantic model, so a job's options are checked
+(type, range, unknown keys) where the job is submitted. :meth:`Method.run` takes a :class:`RunContext` from the
+job pipeline and returns a :class:`MethodResult`; a criterion's ``run`` asks the context to prune with it.
 
 A criterion answers, for one prunable channel group, which output channels to keep. It sees the group's
 producing layer (``conv``), its BatchNorm, the layers that consume the channels, and, for data-driven methods,
@@ -26,11 +32,15 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from torch import nn
 
 
@@ -86,17 +96,151 @@ class CriterionError(ValueError):
     """A criterion cannot run with what it was given (for example, no calibration data)."""
 
 
+_CONSTRAINTS = ("ge", "gt", "le", "lt")
+
+
+def option(default: Any, help: str, **constraints: Any) -> Any:
+    """Declare a method option (a dataclass field) with its help text and bounds (``ge``, ``gt``, ``le``,
+    ``lt``); choices are spelled as a ``Literal[...]`` annotation."""
+    bad = set(constraints) - set(_CONSTRAINTS)
+    if bad:
+        raise TypeError(f"unknown option constraint(s) {sorted(bad)}")
+    return field(default=default, metadata={"help": help, **constraints})
+
+
 @dataclass
-class Criterion:
-    """Base class. Subclasses are dataclasses whose fields are the method's options."""
+class MethodResult:
+    """What :meth:`Method.run` returns: the pruned model and its report; ``plan``/``rebuild`` when the method
+    writes its own plan format (None: the pipeline writes the standard channel plan); ``timings`` in seconds."""
+
+    model: nn.Module
+    report: dict[str, Any]
+    plan: dict[str, Any] | None = None
+    rebuild: Callable[[Path, Path], nn.Module] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """What the job pipeline hands a method: the validated spec, the loaded model's facts, data, callbacks,
+    and the pipeline's services (``prune`` with the job's allocation/compensation, ``train_setup`` for methods
+    that train, ``plan`` for the standard channel plan)."""
+
+    spec: Any
+    """The :class:`simprune.jobspec.JobSpec`."""
+    dense: nn.Module
+    """The loaded dense model (on ``device``, eval mode); methods must not modify it."""
+    arch: str
+    out_dir: Path
+    device: torch.device
+    example: torch.Tensor
+    input_size: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int | None
+    in_channels: int
+    calib: Any
+    evals: Any
+    progress: Callable[..., None]
+    """``progress(fraction, label=None)`` within the method's share of the job."""
+    train_progress: Callable[[str], Callable[..., None]]
+    """``train_progress(label)``: a progress callback for :func:`simprune.finetune.finetune`."""
+    should_cancel: Callable[[], bool]
+    prune: Callable[[Criterion], tuple[nn.Module, dict[str, Any]]]
+    train_setup: Callable[[str], tuple[Any, Any, Path]]
+    """``train_setup(what)`` -> (training dataset, FinetuneConfig, checkpoint dir)."""
+    plan: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class Method:
+    """Base class of every method a job can name. Subclasses are dataclasses whose fields are the options.
+
+    Class attributes: ``name`` (the registry key), ``summary``, ``needs_data`` (calibration data required),
+    ``trains`` (the method trains the network itself: training data and ``finetune.epochs`` required).
+    """
 
     name: ClassVar[str] = ""
-    needs_data: ClassVar[bool] = False
     summary: ClassVar[str] = ""
-    seed: int = 0
+    needs_data: ClassVar[bool] = False
+    trains: ClassVar[bool] = False
+
+    def run(self, ctx: RunContext) -> MethodResult:
+        """Prune (and, for training methods, train) ``ctx``'s dense model; see :class:`RunContext`."""
+        raise NotImplementedError(f"method '{self.name}' does not implement run()")
+
+    def check_job(self, spec: Any) -> list[tuple[str, str]]:
+        """Method-specific rules on the whole job spec: ``(field, message)`` per violation (none by default)."""
+        return []
+
+    @classmethod
+    def options_model(cls) -> type[BaseModel]:
+        """A pydantic model of the options: strict types, bounds, no unknown keys, finite numbers."""
+        return _options_model(cls)
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options with defaults filled in; :class:`pydantic.ValidationError` when they are invalid."""
+        return cls.options_model().model_validate(options).model_dump()
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """The JSON-able catalogue entry: name, summary, needs_data, needs_training_data, trains, kind,
+        options (name, type, default, help, bounds, choices) and the options' JSON schema."""
+        schema = cls.options_model().model_json_schema()
+        opts = []
+        for f in dataclasses.fields(cls):
+            prop = schema["properties"][f.name]
+            entry = {"name": f.name, "type": _type_name(prop), "default": prop.get("default"),
+                     "help": f.metadata.get("help", "")}
+            entry.update({k: f.metadata[k] for k in _CONSTRAINTS if k in f.metadata})
+            choices = _choices(prop)
+            if choices:
+                entry["choices"] = choices
+            opts.append(entry)
+        return {"name": cls.name, "summary": cls.summary, "kind": "criterion" if issubclass(cls, Criterion)
+                else "training", "needs_data": cls.needs_data, "needs_training_data": cls.trains,
+                "trains": cls.trains, "options": opts, "options_schema": schema}
+
+
+@cache
+def _options_model(cls: type[Method]) -> type[BaseModel]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        bounds = {k: f.metadata[k] for k in _CONSTRAINTS if k in f.metadata}
+        fields[f.name] = (hints[f.name], Field(default=f.default, description=f.metadata.get("help"), **bounds))
+    config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, title=f"{cls.name} options")
+    return create_model(f"{cls.__name__}Options", __config__=config, **fields)
+
+
+def _type_name(prop: dict[str, Any]) -> str:
+    if "anyOf" in prop:
+        return "|".join(_type_name(p) for p in prop["anyOf"])
+    if "enum" in prop or "const" in prop:
+        return "choice"
+    return {"number": "float", "integer": "int", "boolean": "bool", "string": "str"}.get(prop.get("type", ""),
+                                                                                          str(prop.get("type")))
+
+
+def _choices(prop: dict[str, Any]) -> list[Any] | None:
+    for p in [prop, *prop.get("anyOf", [])]:
+        if "enum" in p:
+            return list(p["enum"])
+    return None
+
+
+@dataclass
+class Criterion(Method):
+    """A selection criterion: the pruning phases ask it which channels of each group to keep.
+
+    Subclasses implement :meth:`scores` (and may override :meth:`select` / :meth:`auto_keep`).
+    """
+
+    seed: int = option(0, "random seed (ties, sampling)")
 
     def scores(self, group: ChannelGroup) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"criterion '{self.name}' does not implement scores()")
 
     def select(self, group: ChannelGroup, n_keep: int) -> Selection:
         s = self.scores(group)
@@ -113,46 +257,11 @@ class Criterion:
                 f"method '{self.name}' needs calibration data (--calib / calibration_dataset_id); none was given"
             )
 
-    @classmethod
-    def describe(cls) -> dict[str, Any]:
-        """Name, summary, whether it needs data, and its options with types and defaults."""
-        opts = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            opts.append({"name": f.name, "type": str(f.type), "default": default})
-        return {"name": cls.name, "summary": cls.summary, "needs_data": cls.needs_data, "options": opts}
-
-
-_REGISTRY: dict[str, type[Criterion]] = {}
-
-
-def register_criterion(cls: type[Criterion]) -> type[Criterion]:
-    """Class decorator: make a criterion available by its ``name``."""
-    if not cls.name:
-        raise ValueError("criterion class needs a non-empty `name`")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_criterion(name: str, **options: Any) -> Criterion:
-    """Instantiate a registered criterion with its options; unknown names/options raise ``ValueError``."""
-    from simprune.methods import _load_builtin  # noqa: F401  (import side effect: registration)
-
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[name]
-    valid = {f.name for f in dataclasses.fields(cls)}
-    bad = set(options) - valid
-    if bad:
-        raise ValueError(f"method '{name}' has no option(s) {sorted(bad)}; valid: {sorted(valid)}")
-    return cls(**options)
-
-
-def list_criteria() -> list[dict[str, Any]]:
-    """Every registered criterion's :meth:`Criterion.describe`."""
-    from simprune.methods import _load_builtin  # noqa: F401
-
-    return [_REGISTRY[k].describe() for k in sorted(_REGISTRY)]
+    def run(self, ctx: RunContext) -> MethodResult:
+        """Prune with this criterion under the job's allocation and compensation (the pipeline's ``prune``)."""
+        model, report = ctx.prune(self)
+        timings = {f"prune.{k}": v for k, v in report.pop("timings").items() if k != "total_s"}
+        return MethodResult(model=model, report=report, timings=timings)
 
 
 def normalize_scores(s: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from simprune.methods._similarity import flat_filters, resolve_n_keep, topk_stable
-from simprune.methods.base import ChannelGroup, Criterion, Selection, register_criterion
+from simprune.methods.base import ChannelGroup, Criterion, Selection
+from simprune.methods.registry import register_method
 
 
 def _gamma(group: ChannelGroup) -> torch.Tensor | None:
@@ -22,7 +23,7 @@ def _gamma(group: ChannelGroup) -> torch.Tensor | None:
     return bn.weight.detach()
 
 
-@register_criterion
+@register_method
 @dataclass
 class BNScale(Criterion):
     """Score = |gamma_j| (falls back to the filter L1 norm without a BatchNorm)."""

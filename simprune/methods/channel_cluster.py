@@ -29,13 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
 from simprune.methods._similarity import Moments, group_moments, lstsq_fit, ordered_scores, resolve_n_keep
-from simprune.methods.base import ChannelGroup, Criterion, Selection, register_criterion
+from simprune.methods.base import ChannelGroup, Criterion, Selection, option
+from simprune.methods.registry import register_method
 
 DISTRIBUTIONS = ("w2", "skl")
 
@@ -123,7 +124,7 @@ def average_linkage(dist: np.ndarray, n_clusters: int,
     return [mm for mm in members if mm is not None]
 
 
-@register_criterion
+@register_method
 @dataclass
 class ChannelCluster(Criterion):
     """Gaussian + correlation channel distance, average-linkage clustering, one medoid kept per cluster."""
@@ -132,11 +133,12 @@ class ChannelCluster(Criterion):
     needs_data = True
     summary = "Channel similarity + hierarchical clustering (after Zhang et al. 2019): keep one per cluster."
     matrix_kind: ClassVar[str] = "distance"
-    distribution: str = "w2"
-    w_dist: float = 0.5
-    w_corr: float = 0.5
-    max_positions: int = 200_000
-    dead_tol: float = 1e-10
+    distribution: Literal["w2", "skl"] = option("w2", "distance between channel distributions: 2-Wasserstein "
+                                                "(w2) or symmetric KL (skl) of Gaussian fits")
+    w_dist: float = option(0.5, "weight of the distribution distance in the combined distance", ge=0.0)
+    w_corr: float = option(0.5, "weight of (1 - |correlation|) in the combined distance", ge=0.0)
+    max_positions: int = option(200_000, "feature-map positions sampled per group for the statistics", ge=16)
+    dead_tol: float = option(1e-10, "variance below which a channel counts as dead", ge=0.0)
 
     def __post_init__(self) -> None:
         if self.distribution not in DISTRIBUTIONS:

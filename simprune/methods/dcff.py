@@ -32,6 +32,7 @@ import copy
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ from torch.utils.data import Dataset
 
 from simprune.errors import InputError
 from simprune.finetune import FinetuneConfig, FinetuneProgressFn, FinetuneResult, finetune, pick_device
+from simprune.methods.base import Method, MethodResult, RunContext, option
+from simprune.methods.registry import register_method
 
 T_START = 1.0
 T_END = 1e4
@@ -463,3 +466,76 @@ def dcff_train(
     materialise_dcff(net)
     net.eval()
     return net, info
+
+
+@register_method
+@dataclass
+class DCFF(Method):
+    """Dynamic-coded filter fusion as a job: uniform ratio over the fusable convs, trained from the checkpoint."""
+
+    name = "dcff"
+    summary = ("Dynamic-coded filter fusion (Lin et al. 2021): trains the compact network from the checkpoint; "
+               "each kept filter is a temperature-softmax blend of the layer's filters, chosen by a KL "
+               "criterion. Needs training data and epochs; uniform ratio over the fusable convs.")
+    trains = True
+    t_start: float = option(T_START, "initial temperature; raise it (e.g. 10-100) for short runs from a "
+                                     "pretrained checkpoint", gt=0.0)
+    t_end: float = option(T_END, "final temperature", gt=0.0)
+    k: float = option(T_K, "steepness of the tanh temperature schedule", gt=0.0)
+
+    def check_job(self, spec: Any) -> list[tuple[str, str]]:
+        errors = []
+        if spec.pruning_ratio == "auto":
+            errors.append(("pruning_ratio", "dcff has no automatic kept count; give a ratio or a FLOPs target"))
+        if spec.allocation != "uniform":
+            errors.append(("allocation", "dcff supports allocation 'uniform' only (one ratio over the fusable "
+                                         "layers)"))
+        return errors
+
+    def run(self, ctx: RunContext) -> MethodResult:
+        """Ratios meeting the target, then :func:`dcff_train`; the report and plan of the compact model."""
+        import time
+
+        from simprune.flops import count_model
+        from simprune.pruning.report import per_layer_rows
+
+        t0 = time.perf_counter()
+        spec = ctx.spec
+        train_ds, config, ckpt_dir = ctx.train_setup("dcff")
+        dense = ctx.dense
+        example = ctx.example.to(ctx.device)
+        before = count_model(dense, example)
+        ratio, ratios, skipped = dcff_layer_ratios(
+            dense, example, target_flops_reduction=spec.target_flops_reduction,
+            pruning_ratio=None if spec.pruning_ratio is None else float(spec.pruning_ratio), round_to=spec.round_to)
+        setup_s = time.perf_counter() - t0
+        ctx.progress(1.0)
+        compact, info = dcff_train(
+            dense, train_ds, per_layer_ratios=ratios, config=config, teacher=dense if config.distill else None,
+            eval_ds=ctx.evals.dataset if ctx.evals is not None else None, device=ctx.device,
+            progress=ctx.train_progress("train"), should_cancel=ctx.should_cancel, checkpoint_dir=ckpt_dir,
+            example_input=example, t_start=self.t_start, t_end=self.t_end, k=self.k,
+        )
+        after = count_model(compact, example)
+        layers = [{"layer": n, "channels_before": d["channels"], "keep": sorted(d["keep_final"])}
+                  for n, d in info["layers"].items()]
+        report = {
+            "method": "dcff", "method_options": {"t_start": self.t_start, "t_end": self.t_end, "k": self.k},
+            "allocation": "uniform", "pruning_ratio": ratio, "target_flops_reduction": spec.target_flops_reduction,
+            "round_to": spec.round_to, "compensation": None,
+            **_counts(before, after), "per_layer": per_layer_rows(before, after), "skipped_groups": skipped,
+            "plan": {"layers": layers},
+            "dcff": {"temperatures": info["temperatures"], "final_temperature": info["final_temperature"],
+                     "layers": info["layers"]},
+            "finetune": info["finetune"],
+        }
+        timings = {"prune": round(setup_s, 4), "train": round(time.perf_counter() - t0 - setup_s, 4)}
+        return MethodResult(model=compact, report=report, plan=ctx.plan(report), timings=timings)
+
+
+def _counts(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """FLOPs and parameters before/after and their reductions (report fields)."""
+    return {"flops_before": before["flops"], "flops_after": after["flops"],
+            "params_before": before["params"], "params_after": after["params"],
+            "flops_reduction": 1.0 - after["flops"] / before["flops"],
+            "params_reduction": 1.0 - after["params"] / before["params"]}

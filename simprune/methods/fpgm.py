@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from simprune.methods._similarity import ScoreCriterion, flat_filters
-from simprune.methods.base import ChannelGroup, register_criterion
+from simprune.methods.base import ChannelGroup
+from simprune.methods.registry import register_method
 
 
-@register_criterion
+@register_method
 @dataclass
 class FPGM(ScoreCriterion):
     """Score = sum of distances to the other filters; the most central (replaceable) filters go first."""

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import torch
 
 from simprune.methods._similarity import ScoreCriterion, flat_filters
-from simprune.methods.base import ChannelGroup, register_criterion
+from simprune.methods.base import ChannelGroup
+from simprune.methods.registry import register_method
 
 
-@register_criterion
+@register_method
 @dataclass
 class L1Norm(ScoreCriterion):
     """Score = ||W[j]||_1; lowest is pruned."""

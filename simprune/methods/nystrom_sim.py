@@ -15,13 +15,14 @@ The pseudo-inverse drops singular values below ``rtol`` times the largest one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
 from simprune.methods._similarity import filter_prototypes, greedy_selection, rounded_distance
-from simprune.methods.base import ChannelGroup, Selection, register_criterion
+from simprune.methods.base import ChannelGroup, Selection, option
 from simprune.methods.passive_sim import PassiveSim
+from simprune.methods.registry import register_method
 
 LANDMARKS = ("first", "random", "kmeans++")
 
@@ -67,7 +68,7 @@ def nystrom_similarity(protos: torch.Tensor, landmarks: torch.Tensor, rank: int 
     return 0.5 * (sim + sim.T)
 
 
-@register_criterion
+@register_method
 @dataclass
 class NystromSim(PassiveSim):
     """passive_sim with ``S ~= C pinv(W_k) C^T`` from ``m`` landmark filters."""
@@ -76,10 +77,10 @@ class NystromSim(PassiveSim):
     needs_data = False
     summary = "passive_sim with a Nystrom-approximated similarity matrix (Singh & Plumbley 2023)."
     matrix_kind: ClassVar[str] = "similarity"
-    landmarks: str = "first"
-    m: int = 9
-    rank: int | None = None
-    rtol: float = 1e-10
+    landmarks: Literal["first", "random", "kmeans++"] = option("first", "how the m landmark filters are chosen")
+    m: int = option(9, "number of landmark filters", ge=1)
+    rank: int | None = option(None, "rank of the pseudo-inverse of the landmark block (None: full)", ge=1)
+    rtol: float = option(1e-10, "relative cut-off of the landmark block's singular values", ge=0.0)
 
     def __post_init__(self) -> None:
         if self.landmarks not in LANDMARKS:

@@ -43,10 +43,11 @@ from simprune.methods._similarity import (
     greedy_selection,
     rounded_distance,
 )
-from simprune.methods.base import ChannelGroup, Criterion, Selection, register_criterion
+from simprune.methods.base import ChannelGroup, Criterion, Selection
+from simprune.methods.registry import register_method
 
 
-@register_criterion
+@register_method
 @dataclass
 class PassiveSim(Criterion):
     """Cosine similarity of SVD filter prototypes + the paper's greedy (data-free)."""

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from simprune.methods._similarity import Moments, group_moments, lstsq_fit, ordered_scores, resolve_n_keep
-from simprune.methods.base import ChannelGroup, Criterion, Selection, register_criterion
+from simprune.methods.base import ChannelGroup, Criterion, Selection, option
+from simprune.methods.registry import register_method
 
 NEAR_THRESHOLDS = (0.9, 0.95, 0.99)
 
@@ -78,7 +79,7 @@ def removal_order(m: Moments, dead_tol: float = 1e-10) -> tuple[list[int], list[
     return order, red
 
 
-@register_criterion
+@register_method
 @dataclass
 class QSFM(Criterion):
     """Feature-map correlation, iterative removal of the most redundant channel, with fold coefficients."""
@@ -87,8 +88,8 @@ class QSFM(Criterion):
     needs_data = True
     summary = "Feature-map similarity (after Wang et al. 2022): drop the most correlated channel, fold it."
     matrix_kind: ClassVar[str] = "similarity"
-    max_positions: int = 200_000
-    dead_tol: float = 1e-10
+    max_positions: int = option(200_000, "feature-map positions sampled per group for the correlations", ge=16)
+    dead_tol: float = option(1e-10, "variance below which a channel counts as dead (removed first)", ge=0.0)
 
     def moments(self, group: ChannelGroup) -> Moments:
         """Channel means and covariance over the calibration positions (raises without features)."""

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from simprune.methods._similarity import ScoreCriterion
-from simprune.methods.base import ChannelGroup, register_criterion
+from simprune.methods.base import ChannelGroup
+from simprune.methods.registry import register_method
 
 
-@register_criterion
+@register_method
 @dataclass
 class RandomCriterion(ScoreCriterion):
     """Score = U(0, 1) draw from ``torch.Generator().manual_seed(seed ^ crc32(group.name))``."""

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from simprune.methods._similarity import resolve_n_keep
-from simprune.methods.base import ChannelGroup, Criterion, Selection, register_criterion
+from simprune.methods.base import ChannelGroup, Criterion, Selection, option
+from simprune.methods.registry import register_method
 
 
 def _consumer_rows(mod: nn.Module, feats: torch.Tensor, max_rows: int, gen: torch.Generator) -> torch.Tensor | None:
@@ -102,7 +103,7 @@ def _eliminate(blocks: list[tuple[torch.Tensor, torch.Tensor, float]], n: int, t
     return order, cost
 
 
-@register_criterion
+@register_method
 @dataclass
 class Reconstruction(Criterion):
     """Backward elimination of the channels whose loss the re-fitted consumer reconstructs best."""
@@ -111,9 +112,9 @@ class Reconstruction(Criterion):
     needs_data = True
     summary = ("Greedy least-squares selection (ThiNet / He et al. 2017 family): removes, one at a time, the "
                "channel whose loss the re-fitted next layer reconstructs best on calibration data.")
-    ridge: float = 1e-3
-    max_rows: int = 16384
-    max_dim: int = 1152
+    ridge: float = option(1e-3, "ridge regularisation, relative to the mean diagonal of the Gram matrix", ge=0.0)
+    max_rows: int = option(16384, "sampled output positions (rows) of the least-squares problem", ge=16)
+    max_dim: int = option(1152, "largest unfolded input width solved exactly (above: diagonal fallback)", ge=1)
 
     def _order(self, group: ChannelGroup) -> tuple[list[int], torch.Tensor]:
         """Removal order (first removed first) and per-channel importance, cached per group and features."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +35,8 @@ from torch.utils.data import Dataset
 
 from simprune.errors import InputError
 from simprune.finetune import FinetuneConfig, FinetuneResult, finetune
+from simprune.methods.base import Method, MethodResult, RunContext, option
+from simprune.methods.registry import register_method
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -468,3 +471,127 @@ def load_ssc(plan: Any, weights: Any, model: nn.Module | None = None) -> nn.Modu
     except RuntimeError as exc:
         raise InputError(f"weights do not match the SSC plan: {exc}") from None
     return out.eval()
+
+
+@register_method
+@dataclass
+class SSC(Method):
+    """Structured sparse convolution as a job: convert, train, rewrite into standard ops."""
+
+    name = "ssc"
+    summary = ("Structured sparse convolution (Verma et al. 2023, documented formulation): each filter sees "
+               "a k x k window of g input channels and a 1x1 window of p more; trained, then exported as "
+               "grouped/pointwise or masked dense convs. g follows the FLOPs target or ratio unless given.")
+    trains = True
+    g: int | float | None = option(None, "k x k window: channel count (int) or fraction of C_in (float); default "
+                                         "from the target", gt=0)
+    p: int | float = option(0, "1x1 window: channel count (int) or fraction of C_in (float)", ge=0)
+    aligned: bool = option(False, "grouped-conv windows (exact export)")
+    channel_stride: int | None = option(None, "window start step per filter", ge=1)
+    reinit: bool = option(False, "re-initialise converted layers (pruning at initialisation) instead of masking "
+                                 "the weights")
+    skip_stem: bool = option(True, "leave the first conv dense")
+
+    def check_job(self, spec: Any) -> list[tuple[str, str]]:
+        if self.g is None and spec.pruning_ratio == "auto":
+            return [("pruning_ratio", "ssc has no automatic mode; give option g (and p), a ratio or a FLOPs target")]
+        return []
+
+    def _window(self, dense: nn.Module, spec: Any, before: dict[str, Any]) -> int | float:
+        if self.g is not None:
+            return self.g
+        if spec.target_flops_reduction is not None:
+            return ssc_fraction_for(dense, spec.target_flops_reduction, before, self.p, self.aligned, self.skip_stem)
+        return max(1.0 - float(spec.pruning_ratio) - (self.p if isinstance(self.p, float) else 0.0), 1e-6)
+
+    def run(self, ctx: RunContext) -> MethodResult:
+        """Convert the convs to SSC (g, p from the options or the target), train, export to standard ops."""
+        import time
+
+        from simprune.flops import count_model
+
+        t0 = time.perf_counter()
+        train_ds, config, ckpt_dir = ctx.train_setup("ssc")
+        example = ctx.example.to(ctx.device)
+        before = count_model(ctx.dense, example)
+        g = self._window(ctx.dense, ctx.spec, before)
+        model = convert_to_ssc(copy.deepcopy(ctx.dense), g, self.p, aligned=self.aligned,
+                               channel_stride=self.channel_stride, reinit=self.reinit, skip_stem=self.skip_stem)
+        setup_s = time.perf_counter() - t0
+        ctx.progress(1.0)
+        result = finetune(
+            model, train_ds, config, teacher=ctx.dense if config.distill else None,
+            eval_ds=ctx.evals.dataset if ctx.evals is not None else None, device=ctx.device, checkpoint_dir=ckpt_dir,
+            progress=ctx.train_progress("train"), should_cancel=ctx.should_cancel, stage="ssc",
+        )
+        report = self._report(ctx, model, example, before, g)
+        report["finetune"] = result.to_dict()
+        plan = ssc_plan(model, arch=ctx.arch, input_size=ctx.input_size, num_classes=ctx.num_classes,
+                        in_channels=ctx.in_channels, mean=ctx.mean, std=ctx.std)
+        timings = {"prune": round(setup_s, 4), "train": round(time.perf_counter() - t0 - setup_s, 4)}
+        return MethodResult(model=export_ssc(model).eval(), report=report, plan=plan, timings=timings,
+                            rebuild=lambda plan_path, weights_path: load_ssc(plan_path, weights_path))
+
+    def _report(self, ctx: RunContext, model: nn.Module, example: torch.Tensor, before: dict[str, Any],
+                g: int | float) -> dict[str, Any]:
+        from simprune.flops import count_model
+        from simprune.pruning.report import per_layer_rows
+
+        spec = ctx.spec
+        stats = ssc_stats(model, example)
+        exp_counts = count_model(export_ssc(model).eval(), example)
+        flops_after = before["flops"] - (stats["macs_dense"] - stats["macs_effective"])
+        params_after = stats["model_params_effective"]
+        per_layer = per_layer_rows(before, before)
+        for row in per_layer:
+            layer = stats["layers"].get(row["name"])
+            if layer is not None:
+                row["flops_after"] = layer["macs_effective"]
+                row["density"] = layer["density"]
+        options = {"g": g, "p": self.p, "aligned": self.aligned, "channel_stride": self.channel_stride,
+                   "reinit": self.reinit, "skip_stem": self.skip_stem}
+        return {
+            "method": "ssc", "method_options": options, "allocation": None, "pruning_ratio": spec.pruning_ratio,
+            "target_flops_reduction": spec.target_flops_reduction, "round_to": None, "compensation": None,
+            "flops_before": before["flops"], "flops_after": flops_after,
+            "params_before": before["params"], "params_after": params_after,
+            "flops_reduction": 1.0 - flops_after / before["flops"],
+            "params_reduction": 1.0 - params_after / before["params"],
+            "flops_exported": exp_counts["flops"], "params_exported": exp_counts["params"],
+            "per_layer": per_layer, "ssc": stats,
+            "notes": ["flops_after/params_after count the SSC layers' effective (non-masked) weights; the export "
+                      "uses grouped (+1x1) convs where exact, else dense convs with the mask baked in "
+                      "(flops_exported/params_exported)"],
+        }
+
+
+def ssc_fraction_for(dense: nn.Module, target: float, flops: dict[str, Any], p: int | float, aligned: bool,
+                     skip_stem: bool) -> float:
+    """The k x k window fraction g whose effective FLOPs reduction is closest to ``target`` (bisection).
+
+    A converted conv keeps ``(g * kh * kw + p) / (C_in * kh * kw)`` of its MACs (``flops`` = dense counts).
+    """
+    layer_flops = {r["name"]: r["flops"] for r in flops["per_layer"]}
+
+    def reduction(frac: float) -> float:
+        saved = 0.0
+        for name, conv, gi, pi in ssc_conversions(dense, frac, p, aligned=aligned, skip_stem=skip_stem):
+            kk = conv.kernel_size[0] * conv.kernel_size[1]
+            saved += layer_flops.get(name, 0) * (1.0 - (gi * kk + pi) / (conv.in_channels * kk))
+        return saved / flops["flops"]
+
+    lo, hi = 1e-6, 1.0
+    best = (hi, reduction(hi))
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        red = reduction(mid)
+        if abs(red - target) < abs(best[1] - target):
+            best = (mid, red)
+        if red > target:
+            lo = mid
+        else:
+            hi = mid
+    red_lo = reduction(1e-6)
+    if abs(red_lo - target) < abs(best[1] - target):
+        best = (1e-6, red_lo)
+    return best[0]

@@ -1,0 +1,237 @@
+"""Local commands: ``simprune prune``, ``analyze``, ``methods`` and ``archs``: the engine on local files, with
+progress bars. Job fields are validated by :class:`simprune.jobspec.JobSpec` before anything runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from simprune.errors import SimpruneError
+from simprune.jobspec import CALIB_SAMPLES
+
+
+def fail(message: str) -> None:
+    """Bad input: one clear line on stderr, exit code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        fail(f"{what} must be comma-separated numbers, e.g. 0.485,0.456,0.406 (got {text!r})")
+    return None
+
+
+def parse_ratio(text: str | None) -> float | str | None:
+    if text is None or text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        fail(f"--pruning-ratio must be a number in [0, 1) or 'auto' (got {text!r})")
+    return None
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``--option key=value`` pairs; values parsed as JSON when possible (numbers, true/false), else text."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--option expects key=value (got {item!r})")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@contextmanager
+def progress_bar(title: str):
+    """A rich progress bar driven by ``update(stage, fraction)``; stays quiet when stderr is not a TTY."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task(title, total=1.0)
+
+        def update(stage: str, fraction: float) -> None:
+            bar.update(task, completed=fraction, description=f"{title}: {stage}")
+
+        yield update
+
+
+def spec_error(exc: ValidationError) -> str:
+    """One line naming each invalid job field (``options: method 'm': ...``)."""
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "job"
+        parts.append(f"{loc}: {e['msg']}")
+    return "invalid job: " + "; ".join(parts)
+
+
+def _finetune_fields(epochs: int, train_samples: int | None, distill: bool, batch_size: int,
+                     **optional: Any) -> dict[str, Any] | None:
+    if epochs <= 0:
+        return None
+    out = {"epochs": epochs, "train_samples": train_samples, "distill": distill, "batch_size": batch_size}
+    out.update({k: v for k, v in optional.items() if v is not None})
+    return out
+
+
+def prune(
+    arch: Annotated[str, typer.Option(help="zoo architecture, see `simprune archs`")],
+    weights: Annotated[Path, typer.Option(help="checkpoint: .safetensors or .pt/.pth/.th (weights only)")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    method: Annotated[str, typer.Option(help="method, see `simprune methods`")] = "l1",
+    target_flops_reduction: Annotated[float | None, typer.Option(help="fraction of FLOPs to remove")] = None,
+    pruning_ratio: Annotated[str | None, typer.Option(help="fraction of channels per layer, or 'auto'")] = None,
+    calib: Annotated[Path | None, typer.Option(help="calibration data: ImageFolder dir/zip or .npz")] = None,
+    calib_samples: Annotated[int, typer.Option(help="calibration samples used")] = CALIB_SAMPLES,
+    eval: Annotated[Path | None, typer.Option("--eval", help="evaluation data (top-1 before/after)")] = None,
+    eval_samples: Annotated[int | None, typer.Option(help="limit evaluation samples")] = None,
+    mean: Annotated[str | None, typer.Option(help="normalisation mean, e.g. 0.485,0.456,0.406")] = None,
+    std: Annotated[str | None, typer.Option(help="normalisation std")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="classes (inferred from the checkpoint)")] = None,
+    in_channels: Annotated[int | None, typer.Option(help="input channels (inferred)")] = None,
+    round_to: Annotated[int | None, typer.Option(help="keep channel counts multiples of N")] = None,
+    allocation: Annotated[str, typer.Option(help="uniform | global | sensitivity")] = "uniform",
+    option: Annotated[list[str] | None, typer.Option(help="method option key=value (repeatable)")] = None,
+    no_fold: Annotated[bool, typer.Option("--no-fold", help="disable folding compensation")] = False,
+    no_lstsq: Annotated[bool, typer.Option("--no-lstsq", help="disable least-squares reconstruction")] = False,
+    no_bn: Annotated[bool, typer.Option("--no-bn", help="disable BatchNorm re-estimation")] = False,
+    sequential: Annotated[bool, typer.Option(
+        "--sequential", help="select and re-fit group by group on the pruned model's features (slower, "
+        "better with data-driven methods such as recon)")] = False,
+    finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs after pruning")] = 0,
+    train: Annotated[Path | None, typer.Option(help="training data for fine-tuning")] = None,
+    train_samples: Annotated[int | None, typer.Option(help="limit training samples")] = None,
+    lr: Annotated[float | None, typer.Option(help="fine-tuning learning rate")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size")] = 128,
+    optimizer: Annotated[str | None, typer.Option(help="sgd | adamw")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="fine-tuning weight decay")] = None,
+    distill: Annotated[bool, typer.Option("--distill/--no-distill", help="distil from the dense model")] = True,
+    export: Annotated[list[str] | None, typer.Option(help="export format (repeatable): pt2, onnx, safetensors; "
+                                                          "default all")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Prune a checkpoint to a FLOPs target or ratio; write verified exports and a report into OUT."""
+    from simprune.pipeline import PruneJob, run_prune_job
+
+    if not weights.is_file():
+        fail(f"checkpoint not found: {weights}")
+    for p in (calib, eval, train):
+        if p is not None and not p.exists():
+            fail(f"data not found: {p}")
+    fields: dict[str, Any] = {
+        "method": method, "target_flops_reduction": target_flops_reduction,
+        "pruning_ratio": parse_ratio(pruning_ratio), "options": parse_options(option),
+        "calib_samples": calib_samples, "eval_samples": eval_samples, "round_to": round_to,
+        "allocation": allocation, "batch_size": batch_size, "seed": seed,
+        "compensation": {"fold": not no_fold, "lstsq": not no_lstsq, "bn": not no_bn, "sequential": sequential},
+        "finetune": _finetune_fields(finetune_epochs, train_samples, distill, batch_size, lr=lr,
+                                     optimizer=optimizer, weight_decay=weight_decay),
+    }
+    if export:
+        fields["exports"] = export
+    try:
+        job = PruneJob.build(
+            arch=arch, weights=weights, calib=calib, eval=eval, train=train, mean=parse_floats(mean, "--mean"),
+            std=parse_floats(std, "--std"), num_classes=num_classes, in_channels=in_channels, device=device,
+            **fields)
+    except ValidationError as exc:
+        fail(spec_error(exc))
+    try:
+        with progress_bar(f"{arch}/{method}") as update:
+            report = run_prune_job(job, out, progress=update)
+    except SimpruneError as exc:
+        fail(str(exc))
+    except (KeyError, ValueError) as exc:  # bad option values reported by the engine
+        fail(str(exc.args[0]) if exc.args else repr(exc))
+    _summary(report, out)
+
+
+def analyze(
+    arch: Annotated[str, typer.Option(help="zoo architecture")],
+    weights: Annotated[Path, typer.Option(help="checkpoint file")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    method: Annotated[str, typer.Option(help="criterion whose similarity is analysed")] = "passive_sim",
+    calib: Annotated[Path | None, typer.Option(help="calibration data (data-driven methods)")] = None,
+    calib_samples: Annotated[int, typer.Option(help="calibration samples")] = 256,
+    mean: Annotated[str | None, typer.Option(help="normalisation mean")] = None,
+    std: Annotated[str | None, typer.Option(help="normalisation std")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="classes (inferred)")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="method option key=value")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Per-layer similarity matrices (.npy), redundancy statistics, suggested ratios and plots."""
+    from simprune.analyze import analyze_checkpoint
+
+    if not weights.is_file():
+        fail(f"checkpoint not found: {weights}")
+    try:
+        with progress_bar(f"analyze {arch}") as update:
+            summary = analyze_checkpoint(
+                arch, weights, out, method=method, calib=calib, calib_samples=calib_samples,
+                mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), num_classes=num_classes,
+                method_options=parse_options(option), device=device, progress=update)
+    except SimpruneError as exc:
+        fail(str(exc))
+    except (KeyError, ValueError) as exc:
+        fail(str(exc.args[0]) if exc.args else repr(exc))
+    typer.echo(f"analysed {len(summary['layers'])} layers; suggested ratio {summary['suggested_ratio']:.2f}; "
+               f"results in {out}")
+
+
+def methods() -> None:
+    """List the methods (from the registry) and their options."""
+    from simprune.methods import list_methods
+
+    for m in list_methods():
+        opts = ", ".join(f"{o['name']}={o['default']}" for o in m["options"])
+        needs = "(trains: needs training data) " if m["trains"] else (
+            "(needs data) " if m["needs_data"] else "")
+        typer.echo(f"{m['name']:<16} {needs}{m['summary']}  [{opts}]")
+
+
+def archs() -> None:
+    """List zoo architectures."""
+    from simprune.zoo import list_archs
+
+    for a in list_archs():
+        typer.echo(f"{a.name:<28} input {tuple(a.input_size)}  classes {a.num_classes}  {a.family}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the local commands (prune, analyze, methods, archs) to the CLI."""
+    for command in (prune, analyze, methods, archs):
+        app.command()(command)
+
+
+def _summary(report: dict[str, Any], out: Path) -> None:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    lines = [
+        f"{report['arch']} / {report['method']}: FLOPs {report['flops_before'] / 1e6:.1f}M -> "
+        f"{report['flops_after'] / 1e6:.1f}M (-{pct(report['flops_reduction'])}), params "
+        f"{report['params_before'] / 1e6:.3f}M -> {report['params_after'] / 1e6:.3f}M "
+        f"(-{pct(report['params_reduction'])})",
+        f"top-1: {pct(report['accuracy_before'])} -> {pct(report['accuracy_after'])}",
+        "exports: " + ", ".join(f"{e['file']} (max diff {e['max_abs_diff']})" for e in report["exports"]),
+        f"report: {out / 'report.json'}  ({report['timings']['total_s']:.1f}s)",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")

@@ -1,0 +1,169 @@
+"""The one definition of a pruning job: fields, defaults, cross-field rules and per-method option checks.
+
+:class:`JobSpec` is what a user asks for, independent of where the files live. The API's request body
+(``app.schemas.JobCreate``) adds the ids of the uploaded model and datasets; the CLI adds local paths; the
+worker turns the ids into files and hands the stored spec to :func:`simprune.pipeline.run_prune_job`
+unchanged. A spec that validates here is a job the engine accepts: unknown method options, wrong option types
+and out-of-range values are refused at submission (422 in the API, exit code 2 in the CLI), with the field
+named. This module imports no torch (the method registry it consults imports the method modules).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+EXPORT_FORMATS = ("pt2", "onnx", "safetensors")
+ALLOCATIONS = ("uniform", "global", "sensitivity")
+COMPENSATION_SWITCHES = ("fold", "lstsq", "bn", "sequential")
+CALIB_SAMPLES = 1024
+"""Default number of calibration samples."""
+
+MAX_OPTION_KEYS = 64
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class FinetuneConfig(_Strict):
+    """Training hyper-parameters (fine-tuning after pruning, and the training methods dcff and ssc).
+
+    ``schedule``: ``cosine`` (to zero, per step), ``step`` (x ``gamma`` at each fraction of training in
+    ``milestones``) or ``constant``, all after a linear warm-up over ``warmup_frac`` of the steps. ``amp``:
+    ``auto`` (bf16 autocast where supported, else fp16 with a GradScaler; CUDA only), ``bf16``, ``fp16`` or
+    ``off``. With ``distill`` the loss is ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE``.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+    epochs: int = Field(default=1, ge=1, le=1000, description="training epochs")
+    lr: float = Field(default=0.01, gt=0, le=10, description="peak learning rate")
+    batch_size: int = Field(default=128, ge=1, le=4096, description="training batch size")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    weight_decay: float = Field(default=5e-4, ge=0, le=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: tuple[float, ...] = Field(default=(0.5, 0.75), max_length=16)
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    warmup_frac: float = Field(default=0.05, ge=0, lt=1)
+    distill: bool = Field(default=True, description="distil from the dense model")
+    distill_alpha: float = Field(default=0.9, ge=0, le=1)
+    temperature: float = Field(default=4.0, gt=0, le=100)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    seed: int = 0
+    num_workers: int = Field(default=0, ge=0, le=32, description="data-loading worker processes")
+    max_steps_per_epoch: int | None = Field(default=None, ge=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= m <= 1.0 for m in v):
+            raise ValueError("milestones are fractions of training in [0, 1]")
+        return v
+
+
+class FinetuneSpec(FinetuneConfig):
+    """Fine-tuning in a job: the training hyper-parameters plus how much of the training data to use."""
+
+    train_samples: int | None = Field(default=None, ge=1, description="use only this many training samples")
+
+    def config(self) -> FinetuneConfig:
+        """The training hyper-parameters alone."""
+        return FinetuneConfig(**self.model_dump(exclude={"train_samples"}))
+
+
+class JobSpec(_Strict):
+    """How to prune. Give exactly one of ``target_flops_reduction`` and ``pruning_ratio``."""
+
+    method: str = Field(max_length=64, description="A name from GET /v1/methods (simprune methods).",
+                        examples=["qsfm"])
+    target_flops_reduction: float | None = Field(
+        default=None, gt=0, lt=1, description="Fraction of FLOPs to remove (0.5 = half).")
+    pruning_ratio: float | Literal["auto"] | None = Field(
+        default=None, description="Fraction of channels to remove per prunable group, in [0, 1), or 'auto' "
+                                  "(the method's own count).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Method options (see GET /v1/methods).")
+    allocation: Literal["uniform", "global", "sensitivity"] = Field(
+        default="uniform", description="How the reduction is spread over layers; sensitivity needs calibration "
+                                       "data.")
+    round_to: int | None = Field(default=None, ge=1, le=1024, description="Keep channel counts multiples of N.")
+    compensation: dict[Literal["fold", "lstsq", "bn", "sequential"], bool] | None = Field(
+        default=None, description="Compensation switches with calibration data: fold, lstsq, bn (on by default) "
+        "and sequential (off: select and re-fit group by group).")
+    calib_samples: int = Field(default=CALIB_SAMPLES, ge=1, le=1_000_000, description="Calibration samples used.")
+    eval_samples: int | None = Field(default=None, ge=1, le=10_000_000, description="Limit evaluation samples.")
+    batch_size: int = Field(default=128, ge=1, le=4096, description="Batch size of calibration and evaluation.")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    exports: list[Literal["pt2", "onnx", "safetensors"]] = Field(
+        default_factory=lambda: list(EXPORT_FORMATS), max_length=3, description="Export formats to write.")
+    finetune: FinetuneSpec | None = Field(
+        default=None, description="Fine-tune after pruning (or train, for dcff/ssc); needs training data.")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from simprune.errors import InputError
+        from simprune.methods.registry import method_class
+
+        try:
+            method_class(name)
+        except InputError as exc:
+            raise PydanticCustomError("unknown_method", "{detail}", {"detail": str(exc)}) from None
+        return name
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from pydantic import ValidationError
+
+        from simprune.methods.registry import method_class, option_errors
+
+        if len(options) > MAX_OPTION_KEYS:
+            raise PydanticCustomError("too_many_options", "at most {n} options", {"n": MAX_OPTION_KEYS})
+        name = info.data.get("method")
+        if name is None:  # the method itself was invalid; that error is reported
+            return options
+        try:
+            method_class(name).validate_options(options)
+        except ValidationError as exc:
+            detail = "; ".join(f"{path}: {msg}" for path, msg in option_errors(exc))
+            raise PydanticCustomError("invalid_option", "method '{method}': {detail}",
+                                      {"method": name, "detail": detail}) from None
+        return options
+
+    @model_validator(mode="after")
+    def _rules(self) -> JobSpec:
+        if (self.target_flops_reduction is None) == (self.pruning_ratio is None):
+            raise ValueError("give exactly one of target_flops_reduction and pruning_ratio")
+        if isinstance(self.pruning_ratio, float) and not 0 <= self.pruning_ratio < 1:
+            raise ValueError("pruning_ratio must be in [0, 1) or 'auto'")
+        if self.allocation == "sensitivity" and self.pruning_ratio == "auto":
+            raise ValueError("allocation 'sensitivity' needs a FLOPs target or a pruning ratio, not 'auto'")
+        return self
+
+    def data_errors(self, has_calibration: bool, has_training: bool) -> list[tuple[str, str]]:
+        """``(field, message)`` for each data requirement the job's data does not meet (method needs,
+        sensitivity allocation, fine-tuning, training methods, and the method's own rules)."""
+        from simprune.methods.registry import method_class
+
+        method = method_class(self.method)
+        errors: list[tuple[str, str]] = []
+        if method.needs_data and not has_calibration:
+            errors.append(("calibration", f"method '{self.method}' needs calibration data"))
+        if self.allocation == "sensitivity" and not has_calibration:
+            errors.append(("calibration", "allocation 'sensitivity' needs calibration data"))
+        if method.trains and self.finetune is None:
+            errors.append(("finetune", f"method '{self.method}' trains the network: give finetune.epochs and "
+                                       "training data"))
+        if self.finetune is not None and not has_training:
+            errors.append(("training", "fine-tuning needs training data"))
+        errors.extend(method(**method.validate_options(self.options)).check_job(self))
+        return errors
+
+    def compensation_switches(self) -> dict[str, bool] | None:
+        """The compensation switches as the pruning phases take them (None: the defaults)."""
+        return dict(self.compensation) if self.compensation is not None else None
