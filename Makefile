@@ -1,6 +1,7 @@
 # simprune: two commands set everything up.
 #   make run   installs into .venv, migrates, starts the API and one worker (SQLite + embedded broker, no servers)
 #   make test  installs and runs every test
+#   make check-lib  the library alone: a fresh venv, `pip install .` without extras, prune works, serve explains
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -9,14 +10,15 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 DATA    ?= data
 
-.PHONY: install run test lint bench deploy-check clean
+.PHONY: install run test lint check-lib bench deploy-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned to the CPU/CUDA wheels this project is tested with
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	# the engine plus the server extra (API, worker, database) and the test tools
+	$(BIN)/pip install -q -e '.[server,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,10 +28,13 @@ run: install
 	$(BIN)/simprune serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
 
 lint: install
-	$(BIN)/ruff check simprune app worker tests bench
+	$(BIN)/ruff check simprune app worker alembic tests bench setup.py
 
 test: install lint
 	$(BIN)/pytest -q
+
+check-lib:
+	PY=$(PY) bash tests/lib_only_check.sh
 
 bench: install
 	$(BIN)/python bench/latency.py --quick

@@ -147,8 +147,10 @@ class Job(Base):
         ForeignKey("datasets.id", ondelete="SET NULL"), default=None
     )
     eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), default=None)
-    method: Mapped[str] = mapped_column(String(64))
-    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the validated request (options, finetune, ...)
+    train_dataset_id: Mapped[str | None] = mapped_column(  # spec["finetune"]["dataset_id"], as a foreign key
+        ForeignKey("datasets.id", ondelete="SET NULL"), default=None
+    )
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the validated request: method, options, finetune...
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     stage: Mapped[str | None] = mapped_column(String(64), default=None)
     progress: Mapped[float] = mapped_column(Float, default=0.0)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from simprune.jobspec import JobSpec
 
 T = TypeVar("T")
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-EXPORTS = ("pt2", "onnx", "safetensors")
 
 
 class ModelOut(BaseModel):
@@ -63,55 +64,33 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
-class JobSpec(BaseModel):
-    """How to prune. Give exactly one of ``target_flops_reduction`` and ``pruning_ratio``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: str = Field(description="A name from GET /v1/methods.", examples=["l1"])
-    target_flops_reduction: float | None = Field(
-        default=None, gt=0, lt=1, description="Fraction of FLOPs to remove (0.5 = half).")
-    pruning_ratio: float | Literal["auto"] | None = Field(
-        default=None, description="Fraction of channels to remove per prunable group, in [0, 1), or 'auto'.")
-    calibration_dataset_id: str | None = Field(default=None, description="Dataset for data-driven methods.")
-    eval_dataset_id: str | None = Field(default=None, description="Dataset to measure accuracy before/after.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Method options (see GET /v1/methods).")
-    finetune: dict[str, Any] | None = Field(default=None, description="Fine-tuning settings (needs eval data).")
-    allocation: Literal["uniform", "global", "sensitivity"] = "uniform"
-    round_to: int | None = Field(default=None, ge=1)
-    compensation: dict[Literal["fold", "lstsq", "bn", "sequential"], bool] | None = Field(
-        default=None, description="Compensation switches with calibration data: fold, lstsq, bn (on by default) "
-        "and sequential (off: select and re-fit group by group).")
-    calib_samples: int = Field(default=1024, ge=1)
-    eval_samples: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=128, ge=1, le=4096)
-    seed: int = 0
-    exports: list[Literal["pt2", "onnx", "safetensors"]] = Field(default_factory=lambda: list(EXPORTS))
-    time_limit_s: float | None = Field(
-        default=None, gt=0, le=30 * 24 * 3600,
-        description="Fail the job when it runs longer than this (capped by the server's limit).")
-
-    @model_validator(mode="after")
-    def _one_target(self) -> JobSpec:
-        if (self.target_flops_reduction is None) == (self.pruning_ratio is None):
-            raise ValueError("give exactly one of target_flops_reduction and pruning_ratio")
-        if isinstance(self.pruning_ratio, float) and not 0 <= self.pruning_ratio < 1:
-            raise ValueError("pruning_ratio must be in [0, 1) or 'auto'")
-        return self
-
-
 class JobCreate(JobSpec):
-    """A job on an uploaded model (JSON body of POST /v1/jobs)."""
+    """A job on an uploaded model (JSON body of POST /v1/jobs): the engine's :class:`simprune.jobspec.JobSpec`
+    plus the ids of the model and the datasets. ``train_dataset_id`` defaults to the calibration dataset when
+    fine-tuning or training."""
 
     model_config = ConfigDict(
-        extra="forbid",
+        extra="forbid", allow_inf_nan=False,
         json_schema_extra={"examples": [{
             "model_id": "mdl_0d1f2e3c4b5a69788796a5b4", "method": "qsfm", "target_flops_reduction": 0.5,
             "calibration_dataset_id": "dst_5b4a69788796a5b40d1f2e3c", "options": {},
         }]},
     )
 
-    model_id: str
+    model_id: str = Field(max_length=64)
+    calibration_dataset_id: str | None = Field(default=None, max_length=64,
+                                               description="Dataset for data-driven methods and compensation.")
+    eval_dataset_id: str | None = Field(default=None, max_length=64,
+                                        description="Dataset to measure accuracy before/after.")
+    train_dataset_id: str | None = Field(default=None, max_length=64, description=(
+        "Training data for fine-tuning and the training methods (default: the calibration dataset)."))
+    time_limit_s: float | None = Field(
+        default=None, gt=0, le=30 * 24 * 3600,
+        description="Fail the job when it runs longer than this (capped by the server's limit).")
+
+    def spec(self) -> JobSpec:
+        """The engine's part of the request."""
+        return JobSpec.model_validate(self.model_dump(include=set(JobSpec.model_fields)))
 
 
 class ArtifactOut(BaseModel):
@@ -145,8 +124,9 @@ class JobOut(BaseModel):
     model_id: str | None
     calibration_dataset_id: str | None = None
     eval_dataset_id: str | None = None
-    method: str
-    spec: dict[str, Any]
+    train_dataset_id: str | None = None
+    method: str = Field(description="The job's method (also in ``spec``).")
+    spec: dict[str, Any] = Field(description="The validated job spec (simprune.jobspec.JobSpec), with time_limit_s.")
     error: str | None
     result: dict[str, Any] | None
     artifacts: list[ArtifactOut]

@@ -20,11 +20,13 @@ RUN python3 -m venv /opt/venv \
     && pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" --index-url "${TORCH_INDEX}"
 
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml setup.py README.md alembic.ini ./
 COPY simprune ./simprune
 COPY app ./app
 COPY worker ./worker
-RUN pip install . \
+COPY alembic ./alembic
+# the server extra: FastAPI, uvicorn, SQLAlchemy, Alembic, Celery, Redis, psycopg, boto3, prometheus-client
+RUN pip install './[server]' \
     && useradd --system --uid 10001 --home-dir /data --create-home simprune
 
 USER 10001

@@ -32,11 +32,13 @@ RUN if ! python3 -m venv --help >/dev/null 2>&1; then \
     && pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" --index-url "${TORCH_INDEX}"
 
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml setup.py README.md alembic.ini ./
 COPY simprune ./simprune
 COPY app ./app
 COPY worker ./worker
-RUN pip install . \
+COPY alembic ./alembic
+# the server extra: FastAPI, uvicorn, SQLAlchemy, Alembic, Celery, Redis, psycopg, boto3, prometheus-client
+RUN pip install './[server]' \
     && useradd --system --uid 10001 --home-dir /data --create-home simprune
 
 USER 10001

@@ -15,3 +15,47 @@ def one_thread_module() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+PLUGIN_MODULE = '''
+"""A third-party method, as a plugin package would ship it: keeps the channels with the lowest index."""
+from dataclasses import dataclass
+
+import torch
+
+from simprune.methods import Criterion, option
+
+
+@dataclass
+class KeepFirst(Criterion):
+    name = "keep_first"
+    summary = "Keeps the first channels of each group (a test plugin)."
+    offset: int = option(0, "channels skipped before the kept ones", ge=0)
+
+    def scores(self, group):
+        return -torch.arange(group.n_channels, dtype=torch.float32)
+'''
+
+
+@pytest.fixture
+def method_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A distribution on ``sys.path`` declaring the method ``keep_first`` in the ``simprune.methods``
+    entry-point group (as ``pip install`` would lay it out); yields its directory (for a child's PYTHONPATH)."""
+    import sys
+
+    from simprune.methods import load_methods, registry
+
+    root = tmp_path_factory.mktemp("plugin")
+    (root / "simprune_keep_first.py").write_text(PLUGIN_MODULE)
+    dist = root / "simprune_keep_first-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: simprune-keep-first\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[simprune.methods]\nkeep_first = simprune_keep_first:KeepFirst\n")
+    sys.path.insert(0, str(root))
+    load_methods(reload_plugins=True)
+    try:
+        yield str(root)
+    finally:
+        sys.path.remove(str(root))
+        registry._REGISTRY.pop("keep_first", None)
+        sys.modules.pop("simprune_keep_first", None)

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from simprune.errors import InputError, JobCancelled
+from simprune.methods.ssc import SSC_PLAN_FORMAT, load_ssc
 from simprune.pipeline import PruneJob, run_prune_job
 from simprune.plan import load_pruned
-from simprune.methods.ssc import SSC_PLAN_FORMAT, load_ssc
 from simprune.zoo import build_model
 
 HW = 16  # the CIFAR ResNets pool globally: small inputs keep the tests fast
@@ -50,12 +50,13 @@ def _job(files: dict[str, Path], **kw: Any) -> PruneJob:
                                 eval=files["eval"], calib=files["train"], calib_samples=32, batch_size=32,
                                 device="cpu", exports=("safetensors",))
     base.update(kw)
-    return PruneJob(**base)
+    if base.get("finetune"):
+        base.setdefault("train", files["train"])
+    return PruneJob.build(**base)
 
 
 def _ft(files: dict[str, Path], epochs: int = 1, **kw: Any) -> dict[str, Any]:
-    return {"train": files["train"], "epochs": epochs, "lr": 0.05, "batch_size": 16, "distill": False,
-            "warmup_frac": 0.0, **kw}
+    return {"epochs": epochs, "lr": 0.05, "batch_size": 16, "distill": False, "warmup_frac": 0.0, **kw}
 
 
 def _verified(report: dict[str, Any], files: set[str]) -> None:
@@ -109,7 +110,7 @@ def test_cancel_before_work_raises(files: dict[str, Path], tmp_path: Path) -> No
 
 def test_dcff_trains_and_exports(files: dict[str, Path], tmp_path: Path) -> None:
     details: list[tuple[str, dict[str, Any]]] = []
-    job = _job(files, method="dcff", target_flops_reduction=0.4, method_options={"t_start": 10.0},
+    job = _job(files, method="dcff", target_flops_reduction=0.4, options={"t_start": 10.0},
                finetune=_ft(files, train_samples=64), eval_samples=32)
     report = run_prune_job(job, tmp_path, detail=lambda s, i: details.append((s, i)))
     assert report["method"] == "dcff" and report["flops_reduction"] == pytest.approx(0.4, abs=0.02)
@@ -130,7 +131,7 @@ def test_dcff_needs_training_data(files: dict[str, Path], tmp_path: Path) -> Non
 
 
 def test_ssc_trains_and_exports(files: dict[str, Path], tmp_path: Path) -> None:
-    job = _job(files, method="ssc", target_flops_reduction=0.5, method_options={"p": 1},
+    job = _job(files, method="ssc", target_flops_reduction=0.5, options={"p": 1},
                finetune=_ft(files, train_samples=64), eval=None)
     report = run_prune_job(job, tmp_path)
     assert report["method"] == "ssc" and report["flops_reduction"] == pytest.approx(0.5, abs=0.05)

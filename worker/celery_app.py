@@ -60,9 +60,9 @@ def _start_background(**_kw: Any) -> None:
 
     s = get_settings()
     metrics.serve(s.worker_metrics_port)
-    from app.services import engine
+    from app.services import catalog
 
-    engine.list_methods()  # import torch and the engine now, not during the first job
+    catalog.list_methods()  # import torch and the engine now, not during the first job
     if s.sweep_interval_s > 0:
         _stop_sweeper.clear()
         threading.Thread(target=sweeper_loop, args=(_stop_sweeper,), name="sweeper", daemon=True).start()

@@ -31,10 +31,11 @@ from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.logs import current_job
 from app.models import Artifact, Dataset, Job, Model, new_id, utcnow
-from app.services import engine
 from app.services.sweeper import attempt_prefix, job_time_limit
 from app.storage import LocalStorage, Storage, StorageError, get_storage
-from simprune.errors import InputError
+from simprune.errors import InputError, JobCancelled
+from simprune.jobspec import JobSpec
+from simprune.pipeline import PruneJob, run_prune_job
 from worker import metrics
 from worker.celery_app import celery_app
 
@@ -196,41 +197,32 @@ def _local_file(storage: Storage, key: str, scratch: Path) -> Path:
     return dest
 
 
-def _build_job(settings: Settings, storage: Storage, job: Job, scratch: Path) -> Any:
+def _build_job(settings: Settings, storage: Storage, job: Job, scratch: Path) -> PruneJob:
+    """The engine's job: the stored spec as it was validated at submission, with the ids turned into files."""
     with session_scope(settings.database_url) as s:
         model = s.get(Model, job.model_id) if job.model_id else None
         if model is None:
             raise InputError("the job's model was deleted")
-        calib = s.get(Dataset, job.calibration_dataset_id) if job.calibration_dataset_id else None
-        evals = s.get(Dataset, job.eval_dataset_id) if job.eval_dataset_id else None
-        if (job.calibration_dataset_id and calib is None) or (job.eval_dataset_id and evals is None):
-            raise InputError("a dataset of the job was deleted")
-    spec = dict(job.spec)
-    finetune = dict(spec.get("finetune") or {}) or None
-    if finetune is not None:
-        train_id = finetune.pop("dataset_id", None) or job.calibration_dataset_id
-        with session_scope(settings.database_url) as s:
-            train = s.get(Dataset, train_id) if train_id else None
-        if train is None:
-            raise InputError("the job's fine-tuning dataset was deleted")
-        finetune["train"] = str(_local_file(storage, train.storage_key, scratch))
+        datasets = {}
+        for role, ds_id in (("calib", job.calibration_dataset_id), ("eval", job.eval_dataset_id),
+                            ("train", job.train_dataset_id)):
+            row = s.get(Dataset, ds_id) if ds_id else None
+            if ds_id and row is None:
+                raise InputError(f"the job's {role} dataset was deleted")
+            datasets[role] = _local_file(storage, row.storage_key, scratch) if row is not None else None
+        s.expunge(model)
+    stored = {k: v for k, v in job.spec.items() if k in JobSpec.model_fields}  # without time_limit_s
+    if isinstance(stored.get("finetune"), dict):  # jobs queued before migration 0004 name their data there
+        stored["finetune"] = {k: v for k, v in stored["finetune"].items() if k != "dataset_id"}
+    spec = JobSpec.model_validate(stored)
+    return PruneJob(
+        spec=spec, arch=model.arch, weights=_local_file(storage, model.storage_key, scratch), **datasets,
+        num_classes=model.num_classes, in_channels=model.in_channels, input_size=tuple(model.input_size),
+        mean=tuple(model.mean) if model.mean else None, std=tuple(model.std) if model.std else None,
+        device=settings.device,
         # outside out_dir (not an artifact) and stable across attempts: a re-run after a dead worker resumes
-        finetune["checkpoint_dir"] = str(finetune_checkpoint_dir(settings, job.id))
-    fields: dict[str, Any] = {
-        "arch": model.arch, "weights": _local_file(storage, model.storage_key, scratch), "method": job.method,
-        "target_flops_reduction": spec.get("target_flops_reduction"), "pruning_ratio": spec.get("pruning_ratio"),
-        "method_options": spec.get("options") or {}, "num_classes": model.num_classes,
-        "in_channels": model.in_channels, "input_size": tuple(model.input_size),
-        "mean": tuple(model.mean) if model.mean else None, "std": tuple(model.std) if model.std else None,
-        "calib": _local_file(storage, calib.storage_key, scratch) if calib else None,
-        "eval": _local_file(storage, evals.storage_key, scratch) if evals else None,
-        "calib_samples": spec.get("calib_samples", 1024), "eval_samples": spec.get("eval_samples"),
-        "round_to": spec.get("round_to"), "allocation": spec.get("allocation", "uniform"),
-        "compensation": spec.get("compensation"), "device": settings.device, "seed": spec.get("seed", 0),
-        "batch_size": spec.get("batch_size", 128), "finetune": finetune,
-        "exports": tuple(spec.get("exports") or ("pt2", "onnx", "safetensors")),
-    }
-    return engine.make_prune_job(**fields)
+        checkpoint_dir=finetune_checkpoint_dir(settings, job.id) if spec.finetune is not None else None,
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -318,19 +310,18 @@ def _run_attempt(settings: Settings, job_id: str, attempt: int) -> str:
         s.expunge(job)
     limit = job_time_limit(settings, job.spec)
     reporter = Reporter(settings, job_id, attempt, limit)
-    cancelled = engine.job_cancelled_type()
     log.info("job %s: attempt %d started", job_id, attempt, extra={"attempt": attempt})
     try:
         prune_job = _build_job(settings, storage, job, work)
         out_dir = work / "out"
         out_dir.mkdir()
-        log.info("job %s: running %s on %s", job_id, job.method, prune_job.arch)
-        report = engine.run_prune_job(prune_job, out_dir, reporter.progress, reporter.should_cancel, reporter.detail)
+        log.info("job %s: running %s on %s", job_id, prune_job.spec.method, prune_job.arch)
+        report = run_prune_job(prune_job, out_dir, reporter.progress, reporter.should_cancel, reporter.detail)
         reporter.end_stage()
         _store_artifacts(settings, storage, job_id, attempt, out_dir, report)
         log.info("job %s: succeeded", job_id)
         return "succeeded"
-    except cancelled:
+    except JobCancelled:
         if reporter.lost:
             log.warning("job %s: attempt %d lost the job while it ran; results discarded", job_id, attempt)
             return "lost"

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,7 +15,16 @@ _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"  # packaged with app/
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: ``app/migrations`` in an installed wheel (setup.py maps the repository's top-level
+    ``alembic/`` folder there), else ``alembic/`` next to ``app/`` in a source checkout (editable install)."""
+    app_dir = Path(__file__).resolve().parents[1]
+    for candidate in (app_dir / "migrations", app_dir.parent / "alembic"):
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return candidate
+    raise FileNotFoundError(f"simprune's database migrations are missing: neither {app_dir / 'migrations'} nor "
+                            f"{app_dir.parent / 'alembic'} holds env.py and versions/")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -79,13 +89,19 @@ def dispose_engine(url: str) -> None:
         eng.dispose()
 
 
-def upgrade_database(url: str, revision: str = "head") -> None:
-    """Run the Alembic migrations on ``url`` up to ``revision`` (what ``simprune db upgrade`` does)."""
-    from alembic import command
+def alembic_config(url: str) -> Any:
+    """An Alembic ``Config`` for simprune's migrations on ``url`` (for ``alembic.command.*``)."""
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["database_url"] = url
+    return cfg
+
+
+def upgrade_database(url: str, revision: str = "head") -> None:
+    """Run the Alembic migrations on ``url`` up to ``revision`` (what ``simprune db upgrade`` does)."""
+    from alembic import command
+
     ensure_sqlite_dir(url)
-    command.upgrade(cfg, revision)
+    command.upgrade(alembic_config(url), revision)

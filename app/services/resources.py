@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.api.problems import Problem
 from app.core.config import Settings
 from app.models import Dataset, Model, new_id
-from app.services import engine
+from app.services import catalog
 from app.services.uploads import ParsedForm, UploadedFile, safe_suffix
 from app.storage import Storage
 from simprune.errors import InputError
@@ -99,7 +99,7 @@ async def create_model(
     if std is not None and any(v <= 0 for v in std):
         raise Problem(422, "'std' values must be positive", "validation-error")
     info = await run_in_threadpool(
-        engine.inspect_checkpoint, up.path, arch, num_classes,
+        catalog.inspect_checkpoint, up.path, arch, num_classes,
         tuple(input_size) if input_size else None, settings.max_checkpoint_bytes,
     )
     model_id = new_id("mdl")
@@ -124,7 +124,7 @@ async def create_dataset(
     if suffix not in DATASET_SUFFIXES:
         raise InputError(f"dataset '{up.filename}' must be an ImageFolder .zip or a .npz file")
     info = await run_in_threadpool(
-        engine.inspect_dataset, up.path, settings.max_dataset_entries, settings.max_dataset_uncompressed_bytes
+        catalog.inspect_dataset, up.path, settings.max_dataset_entries, settings.max_dataset_uncompressed_bytes
     )
     dataset_id = new_id("dst")
     key = f"datasets/{tenant_id}/{dataset_id}{suffix}"

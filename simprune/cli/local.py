@@ -155,6 +155,7 @@ def prune(
     except ValidationError as exc:
         fail(spec_error(exc))
     try:
+        job.check()
         with progress_bar(f"{arch}/{method}") as update:
             report = run_prune_job(job, out, progress=update)
     except SimpruneError as exc:

@@ -92,6 +92,41 @@ def api_proc(settings: Settings, port: int, name: str = "api") -> Proc:
     return Proc(argv, env_for(settings), settings.data_dir / f"{name}.log")
 
 
+def serve_proc(data_dir: Path, port: int, name: str = "serve") -> Proc:
+    """``simprune serve --no-auth`` as a user runs it on one machine: the embedded default (SQLite database and
+    broker under ``data_dir``), the API on ``port`` and one worker child. The environment has no SIMPRUNE_*;
+    log level info, so the worker's "ready." line reaches the log."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPRUNE_")}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [simprune_exe(), "serve", "--data-dir", str(data_dir), "--no-auth", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "info"]
+    return Proc(argv, env, data_dir / f"{name}.log")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (``/proc/PID/task/*/children``, else ``pgrep -P``; no psutil)."""
+    tasks = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    if tasks:
+        found: list[int] = []
+        for f in tasks:
+            try:
+                found += [int(c) for c in f.read_text().split()]
+            except OSError:  # the thread ended meanwhile
+                pass
+        return sorted(set(found))
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return sorted(int(c) for c in out.split())
+
+
+def pid_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (no such process, or a zombie not yet reaped by its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     """Wait until ``url`` answers 200."""
     deadline = time.monotonic() + timeout

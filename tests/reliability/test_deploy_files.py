@@ -107,17 +107,18 @@ def test_commands_are_the_ones_the_tests_run(compose: dict[str, Any]) -> None:
 
 
 def test_dockerfiles_build_what_the_project_needs() -> None:
-    pyproject = (REPO / "pyproject.toml").read_text()
+    setup_py = (REPO / "setup.py").read_text()
     pins = dict(re.findall(r"pip install -q (torch)==(\S+)", (REPO / "Makefile").read_text()))
     for name, path in DOCKERFILES.items():
         text = path.read_text()
-        for pkg in ("simprune", "app", "worker"):
+        for pkg in ("simprune", "app", "worker", "alembic"):
             assert f"COPY {pkg} ./{pkg}" in text, f"{name}: {pkg} not copied"
-        assert "pip install ." in text
+        assert "setup.py" in text.split("COPY simprune")[0], f"{name}: setup.py not copied"
+        assert "pip install './[server]'" in text, f"{name}: the server extra is not installed"
         assert "USER 10001" in text  # not root
         if pins:
             assert f"ARG TORCH_VERSION={pins['torch']}" in text, f"{name}: torch pin differs from the Makefile"
-    assert "include = [\"simprune*\", \"app*\", \"worker*\"]" in pyproject
+    assert 'find_packages(include=["simprune*", "app*", "worker*"])' in setup_py
     worker = DOCKERFILES["worker"].read_text()
     assert "ARG BASE_IMAGE=nvidia/cuda:" in worker and "runtime" in worker
     assert "--build-arg BASE_IMAGE=python:" in worker  # the documented CPU variant
@@ -130,11 +131,30 @@ def test_env_example_covers_the_compose_variables(compose: dict[str, Any]) -> No
     assert names <= example, sorted(names - example)
 
 
-def test_migrations_ship_inside_the_app_package() -> None:
-    from app.core.db import MIGRATIONS_DIR
+def test_migrations_ship_in_the_wheel_as_app_migrations(tmp_path: Path) -> None:
+    """The scripts live in the top-level alembic/ folder (alembic.ini points there) and the wheel installs
+    them as app/migrations, where app.core.db finds them: env.py, script.py.mako and every version."""
+    import zipfile
 
-    assert MIGRATIONS_DIR.parent == REPO / "app"
-    assert (MIGRATIONS_DIR / "env.py").is_file() and (MIGRATIONS_DIR / "__init__.py").is_file()
-    assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("0*.py"))[:2] == [
-        "0001_initial.py", "0002_job_reliability.py"]
-    assert "script_location = %(here)s/app/migrations" in (REPO / "alembic.ini").read_text()
+    from app.core.db import migrations_dir
+
+    assert migrations_dir() == REPO / "alembic"
+    assert not (REPO / "alembic" / "__init__.py").exists()  # it would shadow the alembic library
+    assert "script_location = %(here)s/alembic" in (REPO / "alembic.ini").read_text()
+    src = tmp_path / "src"  # build from a copy: an in-tree build leaves build/ behind in the repository
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for name in ("simprune", "app", "worker", "alembic"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path / "whl"), str(src)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (wheel,) = (tmp_path / "whl").glob("simprune-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {"app/migrations/env.py", "app/migrations/script.py.mako"}
+    expected |= {f"app/migrations/versions/{p.name}" for p in (REPO / "alembic" / "versions").glob("*.py")}
+    assert expected <= names, sorted(expected - names)
+    assert not any(n.startswith("alembic/") for n in names)
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "server = app.cli:register" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -251,10 +251,19 @@ def test_one_call_multipart_submit(api: TestClient, data_files: dict[str, Path])
     job = resp.json()
     assert job["spec"]["pruning_ratio"] == 0.25 and job["spec"]["exports"] == ["pt2"]
     assert api.get(f"/v1/models/{job['model_id']}").json()["arch"] == "cifar_resnet20"
+    form = {"arch": "cifar_resnet20", "method": "l1", "pruning_ratio": "0.25", "exports": '["pt2"]'}
     with open(data_files["ckpt"], "rb") as fh:
-        again = api.post("/v1/jobs", data={"arch": "cifar_resnet20", "method": "l1", "pruning_ratio": "0.25"},
-                         files={"file": ("r20.safetensors", fh)}, headers={"Idempotency-Key": "mp-1"})
+        again = api.post("/v1/jobs", data=form, files={"file": ("r20.safetensors", fh)},
+                         headers={"Idempotency-Key": "mp-1"})
     assert again.status_code == 200 and again.json()["id"] == job["id"]
+    # the same key with another body (other fields, or another checkpoint) is a conflict, not a replay
+    with open(data_files["ckpt"], "rb") as fh:
+        other = api.post("/v1/jobs", data={**form, "pruning_ratio": "0.5"}, files={"file": ("r20.safetensors", fh)},
+                         headers={"Idempotency-Key": "mp-1"})
+    assert_problem(other, 409)
+    with open(data_files["ckpt_pt"], "rb") as fh:
+        assert_problem(api.post("/v1/jobs", data=form, files={"file": ("r20.pt", fh)},
+                                headers={"Idempotency-Key": "mp-1"}), 409)
     assert len(api.get("/v1/models").json()["items"]) == 1
     with open(data_files["junk"], "rb") as fh:
         assert_problem(api.post("/v1/jobs", data={"arch": "cifar_resnet20", "method": "l1", "pruning_ratio": "0.25"},

@@ -1,6 +1,7 @@
 """Service CLI: ``keys create`` (key on the last line), ``db upgrade`` (migration == models, SQLite and
 PostgreSQL), ``serve`` (API + worker child, stopped together) and ``submit --wait`` (upload, progress,
-download) against a live server with a real worker."""
+download) against a live server with a real worker. The engine's CLI loads the server commands as the
+``simprune.cli`` entry-point plugin, never by name, and without the server extra answers them with a hint."""
 
 from __future__ import annotations
 
@@ -21,16 +22,19 @@ from service_helpers import REPO, LiveServer, WorkerProcess, free_port, make_emb
 from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
+import simprune.cli
+from app import cli as server_cli
 from app.core.config import Settings
 from app.main import create_app
 from app.models import Base
-from simprune.cli import service_cmds
+from simprune.cli import remote
 
 
 @pytest.fixture
 def cli() -> typer.Typer:
     app = typer.Typer()
-    service_cmds.register(app)
+    server_cli.register(app)
+    remote.register(app)
     return app
 
 
@@ -124,3 +128,46 @@ def test_submit_wait_downloads_artifacts(cli: typer.Typer, tmp_path: Path, data_
     assert res.output.strip().splitlines()[-1].startswith("job_")
     assert {"model.pt2", "model.onnx", "weights.safetensors", "report.json"} <= {p.name for p in out.iterdir()}
     assert bad.exit_code == 2 and "422" in bad.output
+
+
+def test_the_server_commands_are_the_entry_point_plugin() -> None:
+    from importlib.metadata import entry_points
+
+    (ep,) = [ep for ep in entry_points(group=simprune.cli.PLUGIN_GROUP) if ep.name == simprune.cli.SERVER_PLUGIN]
+    assert ep.value == "app.cli:register" and ep.load() is server_cli.register
+    app = typer.Typer()
+    simprune.cli.load_plugins(app)
+    assert {c.name for c in app.registered_commands} >= {"serve", "worker"}
+    assert {g.name for g in app.registered_groups} >= {"keys", "db"}
+
+
+def test_the_engine_cli_never_imports_the_server_by_name() -> None:
+    code = ("import sys, simprune, simprune.cli, simprune.cli.local, simprune.cli.remote, simprune.client; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'app', 'worker', 'fastapi', 'celery', "
+            "'sqlalchemy', 'uvicorn', 'alembic', 'pydantic_settings', 'redis', 'boto3', 'psycopg'}); "
+            "print(bad); assert not bad")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for path in (REPO / "simprune").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1:
+                assert words[1].split(".")[0] not in {"app", "worker"}, f"{path}: {line.strip()}"
+
+
+@pytest.mark.parametrize("argv", [["serve"], ["serve", "--port", "8001", "--no-auth"], ["worker"],
+                                  ["keys", "create", "me"], ["db", "upgrade", "--data-dir", "x"]])
+def test_without_the_server_extra_the_commands_say_how_to_get_it(argv: list[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    missing = EntryPoint(name="server", value="simprune_no_such_server_module:register", group="simprune.cli")
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group=None: [missing])
+    app = typer.Typer()
+    simprune.cli.load_plugins(app)
+    remote.register(app)  # a second command, so that typer keeps the command names
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: the server commands need the server extra: pip install 'simprune[server]'"), res.output

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -26,17 +27,18 @@ from app.api.routes.models import get_owned_model
 from app.core.celery import enqueue_job
 from app.core.config import Settings
 from app.core.db import session_factory
-from app.models import TERMINAL_STATUSES, Artifact, Job, new_id, utcnow
-from app.schemas import ArtifactOut, JobCreate, JobOut, JobSpec, JobStatus, Page
-from app.services import engine
+from app.models import TERMINAL_STATUSES, Artifact, Job, Model, new_id, utcnow
+from app.schemas import ArtifactOut, JobCreate, JobOut, JobStatus, Page
 from app.services.resources import create_model
 from app.services.uploads import parse_multipart
 from app.storage import Storage
+from simprune.methods.registry import method_class
 
 log = logging.getLogger("simprune.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JSON_FIELDS = ("options", "finetune", "compensation", "exports")
+"""Multipart job fields that carry JSON."""
 
 SUBMIT_BODY = {
     "requestBody": {
@@ -67,6 +69,7 @@ SUBMIT_BODY = {
                     "pruning_ratio": {"type": "string", "example": "0.3"},
                     "calibration_dataset_id": {"type": "string"},
                     "eval_dataset_id": {"type": "string"},
+                    "train_dataset_id": {"type": "string"},
                     "options": {"type": "string", "example": "{}"},
                     "finetune": {"type": "string"},
                 },
@@ -88,7 +91,8 @@ def job_out(request: Request, job: Job) -> JobOut:
         id=job.id, status=job.status, stage=job.stage, progress=job.progress, model_id=job.model_id,  # type: ignore[arg-type]
         progress_detail=job.progress_detail,
         calibration_dataset_id=job.calibration_dataset_id, eval_dataset_id=job.eval_dataset_id,
-        method=job.method, spec=job.spec, error=job.error, result=job.result,
+        train_dataset_id=job.train_dataset_id, method=str(job.spec.get("method", "")), spec=job.spec,
+        error=job.error, result=job.result,
         artifacts=[artifact_out(request, job.id, a) for a in job.artifacts], attempts=job.attempts,
         cancel_requested=job.cancel_requested, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, heartbeat_at=job.heartbeat_at,
@@ -112,43 +116,55 @@ def _existing_for_key(session: Session, tenant_id: str, key: str | None) -> Job 
     return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
-def _replay(request: Request, session: Session, tenant_id: str, key: str | None) -> JSONResponse | None:
-    existing = _existing_for_key(session, tenant_id, key)
-    return None if existing is None else _accepted(request, existing, 200)
+# where the spec's data requirements point in the request
+_DATA_FIELDS = {"calibration": "calibration_dataset_id", "training": "train_dataset_id"}
 
 
-def _validate_spec(session: Session, tenant_id: str, spec: JobSpec) -> None:
-    info = engine.method_info(spec.method)  # InputError -> 422 for unknown methods
-    if spec.calibration_dataset_id:
-        get_owned_dataset(session, tenant_id, spec.calibration_dataset_id)
-    elif info.get("needs_data"):
-        raise Problem(422, f"method '{spec.method}' needs calibration data: give calibration_dataset_id",
-                      "validation-error")
-    if spec.eval_dataset_id:
-        get_owned_dataset(session, tenant_id, spec.eval_dataset_id)
-    if info.get("needs_training_data") and not (spec.finetune and spec.finetune.get("epochs")):
-        raise Problem(422, f"method '{spec.method}' trains the model: give finetune.epochs and finetune.dataset_id",
-                      "validation-error")
-    if spec.finetune:
-        server_side = {"train", "dataset", "checkpoint_dir"} & set(spec.finetune)
-        if server_side:
-            raise Problem(422, f"finetune options {sorted(server_side)} are set by the server; give the training "
-                               "data as finetune.dataset_id", "validation-error")
-        train_id = spec.finetune.get("dataset_id") or spec.calibration_dataset_id
-        if not train_id:
-            raise Problem(422, "finetune needs training data: give finetune.dataset_id (or a calibration "
-                               "dataset)", "validation-error")
-        get_owned_dataset(session, tenant_id, str(train_id))
+@dataclass
+class _Resolved:
+    """A validated request: the stored spec and the datasets it runs on."""
+
+    spec: dict[str, Any]
+    calibration_dataset_id: str | None
+    eval_dataset_id: str | None
+    train_dataset_id: str | None
+
+    def same_as(self, job: Job) -> bool:
+        """Whether ``job`` was created from the same job fields (for Idempotency-Key replays)."""
+        return (job.spec == self.spec and job.calibration_dataset_id == self.calibration_dataset_id
+                and job.eval_dataset_id == self.eval_dataset_id and job.train_dataset_id == self.train_dataset_id)
+
+
+def _resolve(session: Session, tenant_id: str, req: JobCreate) -> _Resolved:
+    """Check the datasets exist for the tenant and meet the spec's data requirements (422 naming the field)."""
+    spec = req.spec()
+    for name in ("calibration_dataset_id", "eval_dataset_id", "train_dataset_id"):
+        if getattr(req, name):
+            get_owned_dataset(session, tenant_id, getattr(req, name))
+    train_id = None
+    if spec.finetune is not None or method_class(spec.method).trains:
+        train_id = req.train_dataset_id or req.calibration_dataset_id
+    errors = spec.data_errors(req.calibration_dataset_id is not None, train_id is not None)
+    if errors:
+        raise _field_problem([(_DATA_FIELDS.get(name, name), msg) for name, msg in errors])
+    stored = {**spec.model_dump(mode="json"), "time_limit_s": req.time_limit_s}
+    return _Resolved(stored, req.calibration_dataset_id, req.eval_dataset_id, train_id)
+
+
+def _field_problem(errors: list[tuple[str, str]]) -> Problem:
+    items = [{"loc": ["body", name], "msg": msg, "type": "value_error"} for name, msg in errors]
+    return Problem(422, "; ".join(f"{name}: {msg}" for name, msg in errors), "validation-error",
+                   "Invalid request", errors=items)
 
 
 def _create_job(
-    request: Request, session: Session, settings: Settings, tenant_id: str, model_id: str, spec: JobSpec,
+    request: Request, session: Session, settings: Settings, tenant_id: str, model_id: str, job_in: _Resolved,
     idempotency_key: str | None,
 ) -> JSONResponse:
     job = Job(
-        id=new_id("job"), tenant_id=tenant_id, model_id=model_id, method=spec.method,
-        calibration_dataset_id=spec.calibration_dataset_id, eval_dataset_id=spec.eval_dataset_id,
-        spec=spec.model_dump(mode="json", exclude={"calibration_dataset_id", "eval_dataset_id"}),
+        id=new_id("job"), tenant_id=tenant_id, model_id=model_id,
+        calibration_dataset_id=job_in.calibration_dataset_id, eval_dataset_id=job_in.eval_dataset_id,
+        train_dataset_id=job_in.train_dataset_id, spec=job_in.spec,
         status="queued", progress=0.0, idempotency_key=idempotency_key, cancel_requested=False, attempts=0,
         enqueued_at=utcnow(),
     )
@@ -172,22 +188,39 @@ def _create_job(
     return _accepted(request, job)
 
 
-def _spec_from_form(fields: dict[str, str]) -> JobSpec:
-    data: dict[str, Any] = {}
-    for name in JobSpec.model_fields:
-        if name in fields and fields[name].strip() != "":
+def _replay_or_conflict(request: Request, session: Session, existing: Job, job_in: _Resolved,
+                        model_sha256: str | None = None) -> JSONResponse:
+    """200 with the earlier job when the request repeats it (same fields; for a one-call upload also the same
+    checkpoint bytes), 409 when the key was used for another request."""
+    same_model = True
+    if model_sha256 is not None:
+        model = session.get(Model, existing.model_id) if existing.model_id else None
+        same_model = model is not None and model.sha256 == model_sha256
+    if not (same_model and job_in.same_as(existing)):
+        raise Problem(409, "this Idempotency-Key was used for a different request", "idempotency-conflict",
+                      job_id=existing.id)
+    return _accepted(request, existing, 200)
+
+
+PENDING_MODEL = "pending-upload"
+
+
+def _request_from_form(fields: dict[str, str]) -> JobCreate:
+    data: dict[str, Any] = {"model_id": PENDING_MODEL}
+    for name in JobCreate.model_fields:
+        if name in fields and name != "model_id" and fields[name].strip() != "":
             raw = fields[name].strip()
             if name in JSON_FIELDS:
                 try:
                     data[name] = json.loads(raw)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     raise Problem(422, f"'{name}' must be JSON", "validation-error") from None
             else:
                 data[name] = raw
     if data.get("pruning_ratio") not in (None, "auto"):
         data["pruning_ratio"] = _float(data["pruning_ratio"], "pruning_ratio")
     try:
-        return JobSpec.model_validate(data)
+        return JobCreate.model_validate(data, strict=False)
     except ValidationError as exc:
         raise _validation_problem(exc) from None
 
@@ -202,13 +235,15 @@ def _float(raw: str, name: str) -> float:
 def _validation_problem(exc: ValidationError) -> Problem:
     errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
     detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
-    return Problem(422, detail, "validation-error", "Invalid request", errors=errors)
+    return Problem(422, detail[:2000], "validation-error", "Invalid request", errors=errors[:20])
 
 
 @router.post("", status_code=202, response_model=JobOut, openapi_extra=SUBMIT_BODY,
              dependencies=[Depends(rate_limit_jobs)], summary="Submit a job",
              responses={200: {"description": "an earlier job with the same Idempotency-Key"},
                         404: {"description": "model or dataset not found"},
+                        409: {"description": "the Idempotency-Key was used for a different request"},
+                        422: {"description": "the job is invalid (the field is named)"},
                         429: {"description": "rate limited"}, 503: {"description": "queue down"}})
 async def submit_job(
     request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep, tenant_id: TenantDep,
@@ -216,29 +251,19 @@ async def submit_job(
 ) -> Response:
     """Queue a pruning job (JSON on an uploaded model, or multipart with the checkpoint in the same call).
 
-    With an ``Idempotency-Key`` header, repeating the request returns the job created the first time.
+    The job is validated completely before it is accepted: unknown, mistyped or out-of-range method options,
+    missing data and invalid fine-tuning settings get a 422 naming the field. With an ``Idempotency-Key``
+    header, repeating the request returns the job created the first time (409 if the request differs).
     """
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        form = await parse_multipart(request, settings.tmp_dir, {"file": settings.max_checkpoint_bytes},
-                                     settings.max_form_field_bytes)
-        try:
-            replay = await in_thread(session, _replay, request, session, tenant_id, idempotency_key)
-            if replay is not None:
-                return replay
-            spec = _spec_from_form(form.fields)
-            await in_thread(session, _validate_spec, session, tenant_id, spec)
-            model = await create_model(form, tenant_id, session, settings, storage, request.app.state.metrics)
-        finally:
-            form.cleanup()
-        return await in_thread(session, _create_job, request, session, settings, tenant_id, model.id, spec,
-                               idempotency_key)
+        return await _submit_multipart(request, session, settings, storage, tenant_id, idempotency_key)
     if not ctype.startswith("application/json"):
         raise Problem(415, "send application/json (job on an uploaded model) or multipart/form-data "
                            "(checkpoint + job fields)", "unsupported-media-type")
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Problem(400, "request body is not valid JSON", "bad-json") from None
     try:
         req = JobCreate.model_validate(body)
@@ -247,25 +272,36 @@ async def submit_job(
     return await in_thread(session, _submit_json, request, session, settings, tenant_id, req, idempotency_key)
 
 
+async def _submit_multipart(request: Request, session: Session, settings: Settings, storage: Storage,
+                            tenant_id: str, idempotency_key: str | None) -> Response:
+    form = await parse_multipart(request, settings.tmp_dir, {"file": settings.max_checkpoint_bytes},
+                                 settings.max_form_field_bytes)
+    try:
+        req = _request_from_form(form.fields)
+        job_in = await in_thread(session, _resolve, session, tenant_id, req)
+        existing = await in_thread(session, _existing_for_key, session, tenant_id, idempotency_key)
+        if existing is not None:
+            upload = form.files.get("file")
+            return await in_thread(session, _replay_or_conflict, request, session, existing, job_in,
+                                   upload.sha256 if upload else "")
+        model = await create_model(form, tenant_id, session, settings, storage, request.app.state.metrics)
+    finally:
+        form.cleanup()
+    return await in_thread(session, _create_job, request, session, settings, tenant_id, model.id, job_in,
+                           idempotency_key)
+
+
 def _submit_json(request: Request, session: Session, settings: Settings, tenant_id: str, req: JobCreate,
                  idempotency_key: str | None) -> JSONResponse:
+    get_owned_model(session, tenant_id, req.model_id)
+    job_in = _resolve(session, tenant_id, req)
     existing = _existing_for_key(session, tenant_id, idempotency_key)
     if existing is not None:
-        same = (
-            existing.model_id == req.model_id
-            and existing.calibration_dataset_id == req.calibration_dataset_id
-            and existing.eval_dataset_id == req.eval_dataset_id
-            and existing.spec == req.model_dump(mode="json", exclude={"model_id", "calibration_dataset_id",
-                                                                     "eval_dataset_id"})
-        )
-        if not same:
+        if existing.model_id != req.model_id:
             raise Problem(409, "this Idempotency-Key was used for a different request", "idempotency-conflict",
                           job_id=existing.id)
-        return _accepted(request, existing, 200)
-    get_owned_model(session, tenant_id, req.model_id)
-    spec = JobSpec.model_validate(req.model_dump(exclude={"model_id"}))
-    _validate_spec(session, tenant_id, spec)
-    return _create_job(request, session, settings, tenant_id, req.model_id, spec, idempotency_key)
+        return _replay_or_conflict(request, session, existing, job_in)
+    return _create_job(request, session, settings, tenant_id, req.model_id, job_in, idempotency_key)
 
 
 @router.get("", response_model=Page[JobOut], summary="List jobs")

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import TenantDep
-from app.services import engine
+from app.services import catalog
 
 router = APIRouter(prefix="/v1", tags=["catalogue"])
 
@@ -17,8 +17,9 @@ router = APIRouter(prefix="/v1", tags=["catalogue"])
             responses={200: {"content": {"application/json": {"example": {"items": [
                 {"name": "l1", "summary": "L1 norm of each filter", "needs_data": False, "options": []}]}}}}})
 async def list_methods(_tenant: TenantDep) -> dict[str, Any]:
-    """Every pruning criterion with its options and whether it needs calibration data."""
-    return {"items": list(await run_in_threadpool(engine.list_methods))}
+    """Every method a job can name (the registry): options with types, defaults, bounds and help, whether it
+    needs calibration data and whether it trains the network."""
+    return {"items": list(await run_in_threadpool(catalog.list_methods))}
 
 
 @router.get("/architectures", summary="Supported architectures",
@@ -28,4 +29,4 @@ async def list_methods(_tenant: TenantDep) -> dict[str, Any]:
                  "description": "ResNet-56 for CIFAR", "tags": ["cifar"]}]}}}}})
 async def list_architectures(_tenant: TenantDep) -> dict[str, Any]:
     """Every registered architecture with its input size, normalisation and class count."""
-    return {"items": list(await run_in_threadpool(engine.list_architectures))}
+    return {"items": list(await run_in_threadpool(catalog.list_architectures))}

@@ -1,9 +1,9 @@
-"""The ONLY place the service touches the pruning engine. Every torch-using import happens inside a function,
-so importing the API (or this module) stays fast and light; the first call pays the import."""
+"""What the API asks of the simprune library: the method and architecture catalogues and the inspection of
+uploads. Every torch-using import happens inside a function, so importing the API (or this module) stays fast
+and light; the first call pays the import. (The worker runs jobs through :mod:`simprune.pipeline` itself.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,21 +19,12 @@ def list_architectures() -> tuple[dict[str, Any], ...]:
     return tuple(a.to_dict() for a in list_archs())
 
 
-@lru_cache(maxsize=1)
-def list_methods() -> tuple[dict[str, Any], ...]:
-    """Every method a job can name: the criteria and the training-time methods (dcff, ssc), with name, summary,
-    needs_data, needs_training_data and options."""
-    from simprune.methods import list_methods as engine_methods
+def list_methods() -> list[dict[str, Any]]:
+    """Every method a job can name (the registry's catalogue: name, summary, kind, needs_data, trains,
+    options with types, defaults, bounds and help)."""
+    from simprune.methods import list_methods as registered
 
-    return tuple(engine_methods())
-
-
-def method_info(name: str) -> dict[str, Any]:
-    """The description of method ``name``; :class:`InputError` listing the valid names when unknown."""
-    methods = {m["name"]: m for m in list_methods()}
-    if name not in methods:
-        raise InputError(f"unknown method '{name}'; choose one of: {', '.join(sorted(methods))}")
-    return methods[name]
+    return registered()
 
 
 def arch_info(name: str) -> dict[str, Any]:
@@ -103,31 +94,3 @@ def inspect_dataset(path: Path, max_entries: int, max_uncompressed_bytes: int) -
     from simprune.data import inspect_dataset as _inspect
 
     return dict(_inspect(path))
-
-
-def make_prune_job(**fields: Any) -> Any:
-    """A :class:`simprune.pipeline.PruneJob` from keyword fields."""
-    from simprune.pipeline import PruneJob
-
-    return PruneJob(**fields)
-
-
-def run_prune_job(
-    job: Any,
-    out_dir: Path,
-    progress: Callable[[str, float], None],
-    should_cancel: Callable[[], bool],
-    detail: Callable[[str, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Run the engine's end-to-end job (see :func:`simprune.pipeline.run_prune_job`); ``detail`` receives the
-    training progress (epoch, step, ETA...)."""
-    from simprune.pipeline import run_prune_job as _run
-
-    return _run(job, out_dir, progress=progress, should_cancel=should_cancel, detail=detail)
-
-
-def job_cancelled_type() -> type[BaseException]:
-    """The engine's cancellation exception class."""
-    from simprune.errors import JobCancelled
-
-    return JobCancelled
