@@ -120,7 +120,8 @@ class JobOut(BaseModel):
     progress: float
     progress_detail: dict[str, Any] | None = Field(default=None, description=(
         "Training progress: phase (finetune, dcff, ssc...), epoch, epochs, step, steps, eta_s (seconds left in "
-        "the training phase), loss, lr, and after each epoch its top1 when an eval set was given."))
+        "the training phase), loss, lr, and after each epoch its top1 (a fraction in [0, 1]) when an eval set was "
+        "given."))
     model_id: str | None
     calibration_dataset_id: str | None = None
     eval_dataset_id: str | None = None

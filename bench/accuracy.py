@@ -7,7 +7,9 @@ without compensation and with the default compensation (fold + least squares + B
 Pruning's own L1 pruner (``tp.pruner.MetaPruner`` + ``MagnitudeImportance(p=1)``, the blocks' inner
 channels only, same FLOPs target, no compensation) runs in the same script as the yardstick.
 
-Decoded images are cached as tensors (``--cache``), so only the first run pays for JPEG decoding.
+Decoded images are cached as tensors (``--cache``), keyed on the zip's content hash (a changed zip is decoded
+again), so only the first run pays for JPEG decoding. Data and checkpoints come from ``--data`` and
+``--checkpoints`` (default: ``../shared/data``).
 
     .venv/bin/python bench/accuracy.py --nets resnet56 --targets 0.5 --eval-samples 2000 --out results.json
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import sys
 import time
@@ -27,7 +30,7 @@ from torch import nn
 
 from simprune.checkpoint import load_state_dict
 from simprune.data import open_dataset
-from simprune.pruning.engine import prune
+from simprune.pruning.phases import prune
 from simprune.zoo.cifar_resnet import IMAGENET_MEAN, IMAGENET_STD
 from simprune.zoo.registry import build_model
 
@@ -36,9 +39,21 @@ NETS = {"resnet56": ("cifar_resnet56", "resnet56-4bfd9763.th"), "resnet20": ("ci
 METHODS = ["l1", "l2", "fpgm", "bn_scale", "random", "passive_sim", "nystrom_sim", "qsfm", "channel_cluster", "recon"]
 
 
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file (or a folder's files): cache keys follow the content,
+    not the name."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def cached_tensors(zip_path: Path, limit: int | None, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode (once) a class-balanced, seeded subset of an ImageFolder zip into normalised tensors."""
-    f = cache / f"{zip_path.stem}_{limit or 'all'}.pt"
+    f = cache / f"{zip_path.stem}_{file_digest(zip_path)}_{limit or 'all'}.pt"
     if f.exists():
         d = torch.load(f, weights_only=True)
         return d["x"], d["y"]
@@ -59,10 +74,10 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
     return 100.0 * correct / len(x)
 
 
-def load_net(key: str, device: torch.device) -> nn.Module:
+def load_net(key: str, device: torch.device, checkpoints: Path = SHARED / "checkpoints") -> nn.Module:
     arch, ck = NETS[key]
     m = build_model(arch)
-    m.load_state_dict(load_state_dict(SHARED / "checkpoints" / ck))
+    m.load_state_dict(load_state_dict(checkpoints / ck))
     return m.to(device).eval()
 
 
@@ -113,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=0, help="seeded test subset (0 = all 10,000)")
     ap.add_argument("--calib-samples", type=int, default=1024)
     ap.add_argument("--cache", default="/tmp/simprune_bench_cache")
-    ap.add_argument("--data", default=str(SHARED / "cifar10-jpeg"))
+    ap.add_argument("--data", default=str(SHARED / "cifar10-jpeg"), help="folder with train.zip and test.zip")
+    ap.add_argument("--checkpoints", type=Path, default=SHARED / "checkpoints",
+                    help="folder with the akamaster checkpoints (" + ", ".join(ck for _, ck in NETS.values()) + ")")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, skip them")
     ap.add_argument("--out", default="results.json")
@@ -125,7 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     if not (data / "test.zip").exists():
         print(f"shared data not found at {data}; nothing to do", file=sys.stderr)
         return 2
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from simprune.device import select_device
+    from simprune.errors import InputError
+
+    try:
+        device = select_device(args.device)
+    except InputError as exc:
+        print(f"accuracy.py: {exc}", file=sys.stderr)
+        return 2
+    missing = [n for n in args.nets.split(",") if not (args.checkpoints / NETS[n][1]).is_file()]
+    if missing:
+        print(f"accuracy.py: checkpoint of {', '.join(missing)} not found in {args.checkpoints}", file=sys.stderr)
+        return 2
     cache = Path(args.cache)
     calib, _ = cached_tensors(data / "train.zip", args.calib_samples, cache)
     tx, ty = cached_tensors(data / "test.zip", None, cache)
@@ -145,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps({"eval_samples": len(tx), "calib_samples": len(calib), "rows": rows}, indent=1))
 
     for net in args.nets.split(","):
-        base = load_net(net, device)
+        base = load_net(net, device, args.checkpoints)
         prev = [r for r in rows if (r["net"], r["method"]) == (net, "dense")]
         base_acc = prev[0]["accuracy"] if prev else accuracy(base, tx, ty, device)
         if not prev:

@@ -19,11 +19,11 @@ __all__ = ["__version__", "build_model", "list_archs", "load_pruned", "load_stat
 if TYPE_CHECKING:  # pragma: no cover
     from simprune.checkpoint import load_state_dict
     from simprune.plan import load_pruned
-    from simprune.pruning.engine import prune
+    from simprune.pruning.phases import prune
     from simprune.zoo import build_model, list_archs
 
 _LAZY = {
-    "prune": "simprune.pruning.engine",
+    "prune": "simprune.pruning.phases",
     "load_pruned": "simprune.plan",
     "build_model": "simprune.zoo",
     "list_archs": "simprune.zoo",

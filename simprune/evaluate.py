@@ -1,4 +1,4 @@
-"""Top-1 evaluation and device selection."""
+"""Top-1 evaluation (a fraction in [0, 1]); the device picker lives in :mod:`simprune.device`."""
 
 from __future__ import annotations
 
@@ -8,40 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from simprune.device import select_device
 from simprune.errors import InputError, JobCancelled
 
 BatchProgress = Callable[[int, int | None], None]
 """``progress(done_batches, total_batches)``; ``total_batches`` is None when the loader has no length."""
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` checked.
-
-    Raises :class:`InputError` when the requested device is not available or not understood.
-    """
-    key = (name or "auto").strip().lower()
-    if key == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(key)
-    except (RuntimeError, ValueError):
-        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "no GPU is visible" if torch.version.cuda else "this PyTorch build has no CUDA support"
-            raise InputError(f"device {name!r} requested but CUDA is not available ({why}); use cpu or auto")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise InputError(f"device {name!r} requested but only {count} CUDA device(s) exist")
-        return dev
-    if dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise InputError(f"device {name!r} requested but MPS is not available; use cpu or auto")
-        return dev
-    raise InputError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -73,7 +44,7 @@ def evaluate(
     :class:`JobCancelled`. Raises :class:`InputError` for an empty loader, outputs that are not
     ``(batch, classes)`` scores, or labels the model cannot predict.
     """
-    dev = torch.device(device)
+    dev = select_device(device)
     try:
         total: int | None = len(loader)  # type: ignore[arg-type]
     except TypeError:

@@ -283,6 +283,106 @@ def load_safetensors_into(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+StepFn = Callable[[str, float], None]
+"""``step(name, part)``: progress within the current format (``part`` in [0, 1])."""
+
+
+def _check_export_args(formats: Sequence[str], n_checks: int, plan: dict[str, Any] | None,
+                       rebuild: RebuildFn | None) -> None:
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; known: {list(FORMATS)}")
+    if n_checks < 1:
+        raise ValueError("n_checks must be at least 1")
+    if rebuild is not None and plan is None:
+        raise ValueError("rebuild needs a plan: it is called as rebuild(plan_path, weights_path)")
+
+
+def _write_pt2(ref: nn.Module, example: torch.Tensor, out: Path, checker: _Checker,
+               step: StepFn) -> list[dict[str, Any]]:
+    step("export:pt2", 0.0)
+    path = out / PT2_FILE
+    _, dynamic = export_pt2(ref, example, path)
+    step("verify:pt2", 0.5)
+    loaded = torch.export.load(str(path)).module()
+    diff, scale = checker.check(loaded, dynamic)
+    return [_record(path, "pt2", diff, scale, dynamic_batch=dynamic, verified=True, **checker.extra())]
+
+
+def _write_onnx(ref: nn.Module, example: torch.Tensor, out: Path, checker: _Checker,
+                step: StepFn) -> list[dict[str, Any]]:
+    step("export:onnx", 0.0)
+    path = out / ONNX_FILE
+    info = export_onnx(ref, example, path)
+    step("verify:onnx", 0.5)
+    if info["dynamic_batch"] and _onnx_dim_param(path) != "batch":
+        info["batch_axis"] = _onnx_dim_param(path)
+    sess = onnx_session(path)
+
+    def run_onnx(x: torch.Tensor, sess: Any = sess) -> torch.Tensor:
+        return torch.from_numpy(sess.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0])
+
+    diff, scale = checker.check(run_onnx, info["dynamic_batch"])
+    records = [_record(path, "onnx", diff, scale, **info, verified=True, **checker.extra())]
+    for extra in sorted(out.glob(ONNX_FILE + "?*")):  # external data, when the model is > ~2 GB
+        records.append(_record(extra, "onnx_data", diff, scale, verified=True))
+    return records
+
+
+def _reload_weights(ref: nn.Module, path: Path, plan_path: Path,
+                    rebuild: RebuildFn | None) -> Callable[[torch.Tensor], Any]:
+    """The model rebuilt from the written files; one that raises when they do not load."""
+    try:
+        if rebuild is not None:
+            return rebuild(plan_path, path).to("cpu", torch.float32).eval()
+        return load_safetensors_into(copy.deepcopy(ref), path)
+    except Exception as exc:  # weights (or plan) that do not load are a failed verification
+        msg = f"loading failed: {type(exc).__name__}: {exc}"[:500]
+
+        def failed(x: torch.Tensor, msg: str = msg) -> Any:
+            raise RuntimeError(msg)
+
+        return failed
+
+
+def _write_safetensors(ref: nn.Module, out: Path, checker: _Checker, step: StepFn, plan: dict[str, Any] | None,
+                       rebuild: RebuildFn | None) -> list[dict[str, Any]]:
+    step("export:safetensors", 0.0)
+    path = out / WEIGHTS_FILE
+    save_safetensors(ref, path)
+    plan_path = out / PLAN_FILE
+    if plan is not None:
+        plan_path.write_text(json.dumps(plan, indent=2))
+    step("verify:safetensors", 0.5)
+    verified_with = "deepcopy" if rebuild is None else "rebuild"
+    rebuilt = _reload_weights(ref, path, plan_path, rebuild)
+    diff, scale = checker.check(rebuilt, False)
+    records = [_record(path, "safetensors", diff, scale, verified_with=verified_with, verified=True,
+                       **checker.extra())]
+    if plan is not None:
+        with_rebuild = rebuild is not None
+        records.append(_record(plan_path, "plan", diff if with_rebuild else None, scale, verified=with_rebuild))
+    return records
+
+
+def _check_tolerance(records: list[dict[str, Any]], tol: float, rtol: float) -> None:
+    """Set each record's ``tolerance``; raise :class:`ExportMismatchError` naming every file beyond it."""
+    for r in records:
+        r["tolerance"] = tol + rtol * r["max_abs_output"]
+    bad = [r for r in records if r["max_abs_diff"] is not None and not r["max_abs_diff"] <= r["tolerance"]]
+    if bad:
+        detail = ", ".join(
+            f"{r['file']}: max |diff| {r['max_abs_diff']:.3g} > {r['tolerance']:.3g} "
+            f"(outputs up to {r['max_abs_output']:.3g})"
+            for r in bad
+        )
+        err = ExportMismatchError(
+            f"exported model differs from the in-memory model by more than {tol:g}: {detail}"
+        )
+        err.records = records  # type: ignore[attr-defined]
+        raise err
+
+
 def export_all(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -312,13 +412,7 @@ def export_all(
     1e-6) accepts float32 reassociation in onnxruntime on models with very large logits (random-init deep
     nets reach |logit| ~ 600, where ORT differs by ~2e-4).
     """
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise ValueError(f"unknown export format(s) {unknown}; known: {list(FORMATS)}")
-    if n_checks < 1:
-        raise ValueError("n_checks must be at least 1")
-    if rebuild is not None and plan is None:
-        raise ValueError("rebuild needs a plan: it is called as rebuild(plan_path, weights_path)")
+    _check_export_args(formats, n_checks, plan, rebuild)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ref = copy.deepcopy(model).to("cpu", torch.float32).eval()
@@ -328,90 +422,23 @@ def export_all(
     fmts = list(dict.fromkeys(formats))
     steps = max(1, len(fmts))
 
-    def report(step: str, i: int, part: float) -> None:
-        if progress is not None:
-            progress(step, min(1.0, (i + part) / steps))
+    def stepper(i: int) -> StepFn:
+        def step(name: str, part: float) -> None:
+            if progress is not None:
+                progress(name, min(1.0, (i + part) / steps))
+
+        return step
 
     checker = _Checker(ref, example, n_checks, seed)
     records: list[dict[str, Any]] = []
     for i, fmt in enumerate(fmts):
+        step = stepper(i)
         if fmt == "pt2":
-            report("export:pt2", i, 0.0)
-            path = out / PT2_FILE
-            _, dynamic = export_pt2(ref, example, path)
-            report("verify:pt2", i, 0.5)
-            loaded = torch.export.load(str(path)).module()
-            diff, scale = checker.check(loaded, dynamic)
-            records.append(
-                _record(path, "pt2", diff, scale, dynamic_batch=dynamic, verified=True, **checker.extra())
-            )
+            records += _write_pt2(ref, example, out, checker, step)
         elif fmt == "onnx":
-            report("export:onnx", i, 0.0)
-            path = out / ONNX_FILE
-            info = export_onnx(ref, example, path)
-            report("verify:onnx", i, 0.5)
-            if info["dynamic_batch"] and _onnx_dim_param(path) != "batch":
-                info["batch_axis"] = _onnx_dim_param(path)
-            sess = onnx_session(path)
-
-            def run_onnx(x: torch.Tensor, sess: Any = sess) -> torch.Tensor:
-                return torch.from_numpy(sess.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0])
-
-            diff, scale = checker.check(run_onnx, info["dynamic_batch"])
-            records.append(_record(path, "onnx", diff, scale, **info, verified=True, **checker.extra()))
-            for extra in sorted(out.glob(ONNX_FILE + "?*")):  # external data, when the model is > ~2 GB
-                records.append(_record(extra, "onnx_data", diff, scale, verified=True))
+            records += _write_onnx(ref, example, out, checker, step)
         elif fmt == "safetensors":
-            report("export:safetensors", i, 0.0)
-            path = out / WEIGHTS_FILE
-            save_safetensors(ref, path)
-            plan_path = out / PLAN_FILE
-            if plan is not None:
-                plan_path.write_text(json.dumps(plan, indent=2))
-            report("verify:safetensors", i, 0.5)
-            verified_with = "deepcopy" if rebuild is None else "rebuild"
-            try:
-                if rebuild is not None:
-                    rebuilt = rebuild(plan_path, path).to("cpu", torch.float32).eval()
-                else:
-                    rebuilt = load_safetensors_into(copy.deepcopy(ref), path)
-            except Exception as exc:  # weights (or plan) that do not load are a failed verification
-                msg = f"loading failed: {type(exc).__name__}: {exc}"[:500]
-
-                def rebuilt(x: torch.Tensor, msg: str = msg) -> Any:
-                    raise RuntimeError(msg)
-
-            diff, scale = checker.check(rebuilt, False)
-            records.append(
-                _record(
-                    path,
-                    "safetensors",
-                    diff,
-                    scale,
-                    verified_with=verified_with,
-                    verified=True,
-                    **checker.extra(),
-                )
-            )
-            if plan is not None:
-                with_rebuild = rebuild is not None
-                records.append(
-                    _record(plan_path, "plan", diff if with_rebuild else None, scale, verified=with_rebuild)
-                )
-        report(f"done:{fmt}", i, 1.0)
-
-    for r in records:
-        r["tolerance"] = tol + rtol * r["max_abs_output"]
-    bad = [r for r in records if r["max_abs_diff"] is not None and not r["max_abs_diff"] <= r["tolerance"]]
-    if bad:
-        detail = ", ".join(
-            f"{r['file']}: max |diff| {r['max_abs_diff']:.3g} > {r['tolerance']:.3g} "
-            f"(outputs up to {r['max_abs_output']:.3g})"
-            for r in bad
-        )
-        err = ExportMismatchError(
-            f"exported model differs from the in-memory model by more than {tol:g}: {detail}"
-        )
-        err.records = records  # type: ignore[attr-defined]
-        raise err
+            records += _write_safetensors(ref, out, checker, step, plan, rebuild)
+        step(f"done:{fmt}", 1.0)
+    _check_tolerance(records, tol, rtol)
     return records

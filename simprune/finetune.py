@@ -24,13 +24,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from simprune.device import select_device
 from simprune.errors import InputError, JobCancelled
 
 FinetuneProgressFn = Callable[[str, float, dict[str, Any]], None]
-"""``progress(stage, fraction, info)``; ``info`` has ``epoch``, ``step``, ``steps``, ``eta_s``, ``loss``."""
+"""``progress(stage, fraction, info)``; ``info`` has ``epoch``, ``step``, ``steps``, ``eta_s``, ``loss``, and at
+an epoch's end that epoch's record (``train_loss``, ``top1`` as a fraction in [0, 1], ``seconds``)."""
 
 _STATE_FILE = "state.json"
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2  # 2: top-1 as a fraction in [0, 1] (version 1 held percent; converted on load)
 # Config fields that change what a resumed run computes; a checkpoint written with other values is refused.
 _RESUME_KEYS = ("epochs", "lr", "batch_size", "optimizer", "weight_decay", "momentum", "schedule",
                 "milestones", "gamma", "warmup_frac", "distill", "distill_alpha", "temperature",
@@ -89,8 +91,9 @@ class FinetuneConfig:
 
 @dataclass
 class FinetuneResult:
-    """``history``: one dict per epoch (``epoch`` 1-based, ``train_loss``, ``top1`` when evaluated,
-    ``lr``, ``seconds``); ``best_epoch``/``best_top1``: the epoch whose weights the model holds at the end;
+    """``history``: one dict per epoch (``epoch`` 1-based, ``train_loss``, ``top1`` (a fraction in [0, 1])
+    when evaluated, ``lr``, ``seconds``); ``best_epoch``/``best_top1``: the epoch whose weights the model holds
+    at the end;
     ``resumed_from``: the last completed epoch found in the checkpoint directory, or None."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -127,13 +130,6 @@ def distillation_loss(
     return config.distill_alpha * kd + (1.0 - config.distill_alpha) * ce
 
 
-def pick_device(device: torch.device | str | None = None) -> torch.device:
-    """``None`` or ``"auto"``: CUDA when present, else CPU; anything else is passed to ``torch.device``."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _amp_dtype(config: FinetuneConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or config.amp == "off":
         return None
@@ -164,8 +160,8 @@ def evaluate_top1(
     num_workers: int = 0,
     should_cancel: Callable[[], bool] | None = None,
 ) -> float:
-    """Top-1 accuracy in percent of ``model`` (put in eval mode) on ``dataset``."""
-    dev = pick_device(device)
+    """Top-1 accuracy of ``model`` (put in eval mode) on ``dataset``, a fraction in [0, 1]."""
+    dev = select_device(device)
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=dev.type == "cuda")
@@ -179,7 +175,7 @@ def evaluate_top1(
         total += int(y.numel())
     if total == 0:
         raise InputError("evaluation dataset is empty")
-    return 100.0 * correct / total
+    return correct / total
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -212,6 +208,13 @@ def _load_model_state(model: nn.Module, path: Path) -> None:
         raise InputError(f"checkpoint {path.name} does not match the model: {exc}") from exc
 
 
+def _percent_to_fraction(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 checkpoint state (top-1 in percent) with its top-1 values as fractions."""
+    history = [dict(h, top1=h["top1"] / 100.0) if h.get("top1") is not None else h for h in state["history"]]
+    best = state.get("best_top1")
+    return dict(state, history=history, best_top1=None if best is None else best / 100.0)
+
+
 class _Checkpointer:
     """Per-epoch checkpoint files in ``root``; ``state.json`` is written last and names the current files."""
 
@@ -228,8 +231,10 @@ class _Checkpointer:
             state = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"unreadable fine-tuning checkpoint state: {exc}") from exc
-        if state.get("version") != _CHECKPOINT_VERSION:
+        if state.get("version") not in (1, _CHECKPOINT_VERSION):
             raise InputError("fine-tuning checkpoint has an unknown version")
+        if state["version"] == 1:
+            state = _percent_to_fraction(state)
         saved = state.get("config", {})
         mine = json.loads(json.dumps(asdict(self.config)))
         diff = [k for k in _RESUME_KEYS if saved.get(k) != mine.get(k)]
@@ -267,6 +272,150 @@ class _Checkpointer:
                 f.unlink(missing_ok=True)
 
 
+def _make_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW; weight decay on the weights of more than one dimension only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+@dataclass
+class _Trainer:
+    """The training loop of :func:`finetune`: epochs of optimizer steps, evaluation and progress reports."""
+
+    model: nn.Module
+    train_ds: Dataset
+    config: FinetuneConfig
+    dev: torch.device
+    teacher: nn.Module | None  # set when distilling
+    progress: FinetuneProgressFn | None
+    should_cancel: Callable[[], bool] | None
+    stage: str
+    drop_last: bool = field(init=False)
+    per_epoch: int = field(init=False)
+    optimizer: torch.optim.Optimizer = field(init=False)
+    amp_dtype: torch.dtype | None = field(init=False)
+    scaler: torch.amp.GradScaler | None = field(init=False)
+    t_start: float = 0.0
+    steps_done: int = 0  # optimizer steps taken in this call (not counting resumed epochs)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        n = len(self.train_ds)  # type: ignore[arg-type]
+        if n == 0:
+            raise InputError("training dataset is empty")
+        self.drop_last = n > config.batch_size
+        self.per_epoch = n // config.batch_size if self.drop_last else 1
+        if config.max_steps_per_epoch is not None:
+            self.per_epoch = min(self.per_epoch, config.max_steps_per_epoch)
+        self.optimizer = _make_optimizer(self.model, config)
+        self.amp_dtype = _amp_dtype(config, self.dev)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    @property
+    def total_steps(self) -> int:
+        return self.per_epoch * self.config.epochs
+
+    def resume(self, ckpt: _Checkpointer, result: FinetuneResult) -> tuple[int, dict[str, torch.Tensor] | None]:
+        """Load the last completed epoch from ``ckpt`` (if any): (epochs done, best weights or None)."""
+        state = ckpt.load()
+        if state is None:
+            return 0, None
+        start_epoch = int(state["epoch"])
+        _load_model_state(self.model, ckpt.root / state["model"])
+        opt = torch.load(ckpt.root / state["optim"], map_location=self.dev, weights_only=True)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        if self.scaler is not None and "scaler" in opt:
+            self.scaler.load_state_dict(opt["scaler"])
+        result.history = list(state["history"])
+        result.best_epoch = int(state["best_epoch"])
+        result.best_top1 = state["best_top1"]
+        result.resumed_from = start_epoch
+        return start_epoch, load_file(str(ckpt.root / state["best"])) if state.get("best") else None
+
+    def run_epoch(self, epoch: int, eval_ds: Dataset | None) -> dict[str, Any]:
+        """Train one epoch (0-based), evaluate it when ``eval_ds`` is given; the epoch's history record."""
+        config = self.config
+        torch.manual_seed(config.seed + epoch)
+        gen = torch.Generator().manual_seed(config.seed * 1000003 + epoch)
+        loader = DataLoader(self.train_ds, batch_size=config.batch_size, shuffle=True, drop_last=self.drop_last,
+                            num_workers=config.num_workers, generator=gen, pin_memory=self.dev.type == "cuda")
+        self.model.train()
+        t_epoch = time.monotonic()
+        loss_sum, seen, lr = 0.0, 0, config.lr
+        for i, batch in enumerate(loader):
+            if i >= self.per_epoch:
+                break
+            if self.should_cancel is not None and self.should_cancel():
+                raise JobCancelled(f"cancelled during {self.stage} epoch {epoch + 1}")
+            step = epoch * self.per_epoch + i
+            loss, n, lr = self._step(batch, step)
+            loss_sum += loss * n
+            seen += n
+            self.steps_done += 1
+            self._step_progress(epoch, step, loss, lr)
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": lr}
+        if eval_ds is not None:
+            record["top1"] = evaluate_top1(self.model, eval_ds, device=self.dev, batch_size=config.batch_size,
+                                           num_workers=config.num_workers, should_cancel=self.should_cancel)
+        record["seconds"] = time.monotonic() - t_epoch
+        return record
+
+    def _step(self, batch: Any, step: int) -> tuple[float, int, float]:
+        """One optimizer step: (loss, samples, learning rate)."""
+        lr = lr_at(self.config, step, self.total_steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        x, y = _split_batch(batch)
+        x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
+        loss = self._loss(x, y)
+        if not torch.isfinite(loss):
+            raise InputError(f"{self.stage}: the training loss became {float(loss)} at step {step}; "
+                             "lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return float(loss.detach()), int(y.numel()), lr
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        amp_dtype, config = self.amp_dtype, self.config
+        with torch.autocast(self.dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out = self.model(x)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_out = self.teacher(x)
+                return distillation_loss(out, t_out, y, config)
+            return F.cross_entropy(out.float(), y, label_smoothing=config.label_smoothing)
+
+    def _step_progress(self, epoch: int, step: int, loss: float, lr: float) -> None:
+        if self.progress is None:
+            return
+        rate = (time.monotonic() - self.t_start) / self.steps_done
+        remaining = self.total_steps - step - 1
+        self.progress(self.stage, (step + 1) / self.total_steps,
+                      {"epoch": epoch + 1, "epochs": self.config.epochs, "step": step + 1,
+                       "steps": self.total_steps, "eta_s": rate * remaining, "loss": loss, "lr": lr})
+
+    def epoch_progress(self, epoch: int, record: dict[str, Any]) -> None:
+        if self.progress is None:
+            return
+        done = (epoch + 1) * self.per_epoch
+        eta = (time.monotonic() - self.t_start) / max(self.steps_done, 1) * (self.total_steps - done)
+        self.progress(self.stage, (epoch + 1) / self.config.epochs,
+                      {"epoch": epoch + 1, "epochs": self.config.epochs, "step": done, "steps": self.total_steps,
+                       "eta_s": eta, **record})
+
+
 def finetune(
     model: nn.Module,
     train_ds: Dataset,
@@ -284,120 +433,33 @@ def finetune(
 ) -> FinetuneResult:
     """Train ``model`` in place (moved to ``device``, left in eval mode) and return the per-epoch history.
 
-    With ``eval_ds`` the model is evaluated after each epoch and the best epoch's weights (top-1) are
-    restored at the end; without it the last epoch is kept. ``should_cancel()`` is checked between batches
-    and raises :class:`JobCancelled`; completed epochs stay in ``checkpoint_dir``, and a later call with the
-    same directory and settings resumes after them. ``on_epoch_start(epoch)`` (0-based) runs before each
-    epoch, also on resume (DCFF recomputes its fusion matrices there); ``checkpoint_extra()`` adds
-    JSON-serialisable data to each checkpoint. Seeds the global torch RNG per epoch (``seed + epoch``).
+    With ``eval_ds`` the model is evaluated after each epoch (top-1 as a fraction in [0, 1]) and the best
+    epoch's weights (top-1) are restored at the end; without it the last epoch is kept. ``should_cancel()`` is
+    checked between batches and raises :class:`JobCancelled`; completed epochs stay in ``checkpoint_dir``, and a
+    later call with the same directory and settings resumes after them. ``on_epoch_start(epoch)`` (0-based)
+    runs before each epoch, also on resume (DCFF recomputes its fusion matrices there); ``checkpoint_extra()``
+    adds JSON-serialisable data to each checkpoint. Seeds the global torch RNG per epoch (``seed + epoch``).
+    ``device``: see :func:`simprune.device.select_device` (default: CUDA when available).
     """
     config = config or FinetuneConfig()
     config.validate()
-    dev = pick_device(device)
+    dev = select_device(device)
     model.to(dev)
     use_teacher = config.distill and teacher is not None
     if use_teacher:
         assert teacher is not None
         teacher.to(dev).eval()
-
-    n = len(train_ds)  # type: ignore[arg-type]
-    if n == 0:
-        raise InputError("training dataset is empty")
-    drop_last = n > config.batch_size
-    per_epoch = n // config.batch_size if drop_last else 1
-    if config.max_steps_per_epoch is not None:
-        per_epoch = min(per_epoch, config.max_steps_per_epoch)
-    total_steps = per_epoch * config.epochs
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    optimizer: torch.optim.Optimizer
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=config.lr)
-    amp_dtype = _amp_dtype(config, dev)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    trainer = _Trainer(model, train_ds, config, dev, teacher if use_teacher else None, progress, should_cancel,
+                       stage)
 
     result = FinetuneResult()
     ckpt = _Checkpointer(Path(checkpoint_dir), config) if checkpoint_dir is not None else None
-    start_epoch = 0
-    best_state: dict[str, torch.Tensor] | None = None
-    if ckpt is not None and (state := ckpt.load()) is not None:
-        start_epoch = int(state["epoch"])
-        _load_model_state(model, ckpt.root / state["model"])
-        opt = torch.load(ckpt.root / state["optim"], map_location=dev, weights_only=True)
-        optimizer.load_state_dict(opt["optimizer"])
-        if scaler is not None and "scaler" in opt:
-            scaler.load_state_dict(opt["scaler"])
-        result.history = list(state["history"])
-        result.best_epoch = int(state["best_epoch"])
-        result.best_top1 = state["best_top1"]
-        result.resumed_from = start_epoch
-        if state.get("best"):
-            best_state = load_file(str(ckpt.root / state["best"]))
-
-    t_start = time.monotonic()
-    steps_done_here = 0
+    start_epoch, best_state = trainer.resume(ckpt, result) if ckpt is not None else (0, None)
+    trainer.t_start = time.monotonic()
     for epoch in range(start_epoch, config.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch)
-        torch.manual_seed(config.seed + epoch)
-        gen = torch.Generator().manual_seed(config.seed * 1000003 + epoch)
-        loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
-                            num_workers=config.num_workers, generator=gen, pin_memory=dev.type == "cuda")
-        model.train()
-        t_epoch = time.monotonic()
-        loss_sum, seen = 0.0, 0
-        for i, batch in enumerate(loader):
-            if i >= per_epoch:
-                break
-            if should_cancel is not None and should_cancel():
-                raise JobCancelled(f"cancelled during {stage} epoch {epoch + 1}")
-            step = epoch * per_epoch + i
-            lr = lr_at(config, step, total_steps)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            x, y = _split_batch(batch)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                out = model(x)
-                if use_teacher:
-                    assert teacher is not None
-                    with torch.no_grad():
-                        t_out = teacher(x)
-                    loss = distillation_loss(out, t_out, y, config)
-                else:
-                    loss = F.cross_entropy(out.float(), y, label_smoothing=config.label_smoothing)
-            if not torch.isfinite(loss):
-                raise InputError(f"{stage}: the training loss became {float(loss)} at step {step}; "
-                                 "lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            loss_sum += float(loss.detach()) * int(y.numel())
-            seen += int(y.numel())
-            steps_done_here += 1
-            if progress is not None:
-                rate = (time.monotonic() - t_start) / steps_done_here
-                remaining = total_steps - step - 1
-                progress(stage, (step + 1) / total_steps,
-                         {"epoch": epoch + 1, "epochs": config.epochs, "step": step + 1,
-                          "steps": total_steps, "eta_s": rate * remaining, "loss": float(loss.detach()),
-                          "lr": lr})
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": lr}
-        if eval_ds is not None:
-            record["top1"] = evaluate_top1(model, eval_ds, device=dev, batch_size=config.batch_size,
-                                           num_workers=config.num_workers, should_cancel=should_cancel)
-        record["seconds"] = time.monotonic() - t_epoch
+        record = trainer.run_epoch(epoch, eval_ds)
         result.history.append(record)
         best_changed = False
         if eval_ds is None:
@@ -406,13 +468,9 @@ def finetune(
             result.best_epoch, result.best_top1, best_changed = epoch + 1, record["top1"], True
             best_state = _cpu_state(model)
         if ckpt is not None:
-            ckpt.save(epoch + 1, model, optimizer, scaler, result, best_changed,
+            ckpt.save(epoch + 1, model, trainer.optimizer, trainer.scaler, result, best_changed,
                       checkpoint_extra() if checkpoint_extra is not None else None)
-        if progress is not None:
-            progress(stage, (epoch + 1) / config.epochs,
-                     {"epoch": epoch + 1, "epochs": config.epochs, "step": (epoch + 1) * per_epoch,
-                      "steps": total_steps, "eta_s": (time.monotonic() - t_start) / max(steps_done_here, 1)
-                      * (total_steps - (epoch + 1) * per_epoch), **record})
+        trainer.epoch_progress(epoch, record)
 
     if eval_ds is not None and best_state is not None and result.best_epoch != len(result.history):
         model.load_state_dict({k: v.to(dev) for k, v in best_state.items()}, strict=True)

@@ -9,8 +9,8 @@ from torch import nn
 from simprune.errors import InputError
 from simprune.flops import count_model
 from simprune.pruning.allocation import sensitivity_keep
-from simprune.pruning.engine import prune
 from simprune.pruning.groups import FlopsModel, discover_groups
+from simprune.pruning.phases import prune
 
 
 class TwoBranchNet(nn.Module):

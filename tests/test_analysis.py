@@ -10,17 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from simprune.analysis import (
-    matrix_kind,
-    plot_layer_bars,
-    plot_redundancy_bars,
-    plot_similarity_heatmap,
-    redundancy_stats,
-    similarity_matrix,
-    suggest_ratio,
-    write_html_report,
-)
+from simprune.analyze import matrix_kind, redundancy_stats, similarity_matrix, suggest_ratio
 from simprune.methods import ChannelGroup, get_criterion
+from simprune.report_html import plot_layer_bars, plot_redundancy_bars, plot_similarity_heatmap, write_html_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -40,10 +40,10 @@ def _save(model: nn.Module, path: Path) -> Path:
 def _run(arch: str, shape: tuple[int, int], tmp: Path, weights: Path, **kw: Any) -> dict[str, Any]:
     train = _logmel(16, shape, 1, tmp / "train.npz")
     evals = _logmel(16, shape, 2, tmp / "eval.npz")
-    job = PruneJob(arch=arch, weights=weights, eval=evals, calib=train, calib_samples=16, batch_size=8,
-                   device="cpu", exports=("onnx", "safetensors"),
-                   finetune={"train": train, "epochs": 1, "lr": 1e-3, "optimizer": "adamw", "batch_size": 8,
-                             "distill": False, "weight_decay": 0.0}, **kw)
+    job = PruneJob.build(arch=arch, weights=weights, eval=evals, calib=train, train=train, calib_samples=16,
+                         batch_size=8, device="cpu", exports=("onnx", "safetensors"),
+                         finetune={"epochs": 1, "lr": 1e-3, "optimizer": "adamw", "batch_size": 8,
+                                   "distill": False, "weight_decay": 0.0}, **kw)
     return run_prune_job(job, tmp / "out")
 
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from simprune.compensation import fold_removed, merge_map, reconstruct_consumers
 from simprune.methods.base import ChannelGroup, Consumer, Selection
-from simprune.pruning.engine import prune
 from simprune.pruning.groups import GroupSpec
+from simprune.pruning.phases import prune
 
 
 def _features_with_affine_copy(alpha: float, beta: float) -> torch.Tensor:

@@ -15,8 +15,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from simprune.data import inspect_dataset, make_loader, open_dataset
+from simprune.device import select_device
 from simprune.errors import InputError, JobCancelled, UnsafeInputError
-from simprune.evaluate import evaluate, select_device
+from simprune.evaluate import evaluate
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

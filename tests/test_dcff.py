@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from simprune.errors import InputError, JobCancelled
+from simprune.finetune import FinetuneConfig
 from simprune.methods.dcff import (
     FusedConv2d,
     dcff_eligible_layers,
@@ -22,8 +24,6 @@ from simprune.methods.dcff import (
     materialise_dcff,
     prepare_dcff,
 )
-from simprune.errors import InputError, JobCancelled
-from simprune.finetune import FinetuneConfig
 
 
 def _numpy_scores(w: np.ndarray, t: float) -> np.ndarray:

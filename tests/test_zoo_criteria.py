@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from simprune.methods import get_criterion, list_criteria
-from simprune.pruning.engine import _chunked_select, _to_channel_group, collect_features
+from simprune.pruning.features import collect_features, to_channel_group
 from simprune.pruning.groups import discover_groups
+from simprune.pruning.phases import chunked_select
 from simprune.pruning.surgery import remove_channels
 from simprune.zoo import build_model, list_archs
 
@@ -45,14 +46,14 @@ def test_every_criterion_selects_on_every_arch(arch: str) -> None:
     if len(specs) > MAX_GROUPS:
         specs = [specs[round(i * (len(specs) - 1) / (MAX_GROUPS - 1))] for i in range(MAX_GROUPS)]
     feats = collect_features(model, specs, torch.randn(4, *size), None)
-    groups = {s.name: _to_channel_group(s, feats) for s in specs}
+    groups = {s.name: to_channel_group(s, feats) for s in specs}
     chosen: dict[str, list[int]] = {}
     rotating = CRITERIA[ARCHS.index(arch) % len(CRITERIA)]
     for name in CRITERIA:
         crit = get_criterion(name)
         for s in specs:
             k = max(s.ch_groups, s.n_channels // 2 // s.ch_groups * s.ch_groups)
-            keep = _chunked_select(crit, groups[s.name], k, s.ch_groups).keep.tolist()
+            keep = chunked_select(crit, groups[s.name], k, s.ch_groups).keep.tolist()
             assert len(keep) == k and keep == sorted(set(keep)), (name, s.name, k)
             assert 0 <= keep[0] and keep[-1] < s.n_channels, (name, s.name)
             if name == rotating:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simprune.errors import JobCancelled
+from simprune.pruning.features import iter_inputs
 from simprune.pruning.groups import GroupSpec
 
 ACT_BUDGET_BYTES = 96 * 2**20
@@ -143,6 +145,161 @@ def _solve(x: torch.Tensor, y: torch.Tensor, intercept: bool, ridge: float) -> t
     return w, b
 
 
+def _calibration_inputs(calib: Any, device: torch.device | None, max_images: int) -> torch.Tensor | None:
+    """At most ``max_images`` calibration inputs as one batch; None without any."""
+    batches = []
+    have = 0
+    for x in iter_inputs(calib, device):
+        batches.append(x)
+        have += x.shape[0]
+        if have >= max_images:
+            break
+    if not batches:
+        return None
+    return torch.cat(batches)[:max_images]
+
+
+def _fit_targets(order: list[str], pos: dict[str, int], d_mods: dict[str, nn.Module], p_mods: dict[str, nn.Module],
+                 specs: list[GroupSpec], layers: str, out_keep: dict[str, list[int]]) -> tuple[list[str], int | None]:
+    """The layers to re-fit, in execution order, and the position of the first pruned layer (None: none)."""
+    consumer_names = {c.name for s in specs for c in s.consumers}
+    root_names = {s.name for s in specs}
+    first = min((pos[n] for n in consumer_names | root_names if n in pos), default=None)
+    targets: list[str] = []
+    for name in order:
+        mod = p_mods.get(name)
+        dmod = d_mods.get(name)
+        if mod is None or dmod is None or not _is_fittable(mod) or not hasattr(mod, "weight"):
+            continue
+        if layers == "consumers":
+            if name not in consumer_names:
+                continue
+        elif first is None or pos[name] < first:
+            continue
+        n_out = mod.weight.shape[0]
+        if n_out != dmod.weight.shape[0] and name not in out_keep:
+            continue
+        targets.append(name)
+    return targets, first
+
+
+def _bn_stats_hook(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+    """Forward pre-hook: set a BatchNorm's running statistics to those of its current input."""
+    t = inp[0]
+    dims = [0] + list(range(2, t.dim()))
+    mod.running_mean.data.copy_(t.mean(dims).to(mod.running_mean.dtype))
+    mod.running_var.data.copy_(t.var(dims, unbiased=True).to(mod.running_var.dtype))
+
+
+@dataclass
+class _Refit:
+    """One re-fitting: the dense targets sampled in a dense pass, then fitted in a pruned pass."""
+
+    d_mods: dict[str, nn.Module]
+    p_mods: dict[str, nn.Module]
+    follow_bn: dict[str, str]
+    out_keep: dict[str, list[int]]
+    ridge: float
+    should_cancel: Callable[[], bool] | None
+    samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    report: dict[str, dict[str, float]] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+
+    # dense pass: sampled target rows per layer
+
+    def sample_dense(self, dense: nn.Module, targets: list[str], xs: torch.Tensor, max_rows: int,
+                     seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        hooks = [self.d_mods[n].register_forward_hook(self._dense_hook(n, gen, max_rows)) for n in targets]
+        try:
+            dense(xs)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def _dense_hook(self, name: str, gen: torch.Generator, max_rows: int) -> Callable[..., None]:
+        def fn(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
+            if name in self.samples:
+                return
+            total = _n_positions(out)
+            if total > max_rows:
+                idx = torch.randperm(total, generator=gen)[:max_rows].sort().values.to(out.device)
+            else:
+                idx = torch.arange(total, device=out.device)
+            y = _rows_of_output(out, idx)
+            if name in self.out_keep and out.shape[1] != self.p_mods[name].weight.shape[0]:
+                y = y[:, torch.as_tensor(self.out_keep[name], device=y.device)]
+            self.samples[name] = (idx, y.float())
+
+        return fn
+
+    # pruned pass: fit each layer in a pre-hook, in execution order
+
+    def fit_pruned(self, pruned: nn.Module, targets: list[str], xs: torch.Tensor, bn: bool, pos: dict[str, int],
+                   first: int | None) -> None:
+        hooks = [self.p_mods[n].register_forward_pre_hook(self._fit_hook(n)) for n in targets]
+        if bn:
+            refit_bns = {self.follow_bn[n] for n in targets if n in self.follow_bn}
+            for n, m in self.p_mods.items():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None \
+                        and n not in refit_bns and n in pos and (first is None or pos[n] >= first):
+                    hooks.append(m.register_forward_pre_hook(_bn_stats_hook))
+        try:
+            pruned(xs)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def _fit_hook(self, name: str) -> Callable[..., None]:
+        def fn(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+            if name in self.done or name not in self.samples:
+                return
+            if self.should_cancel and self.should_cancel():
+                raise JobCancelled("cancelled during least-squares reconstruction")
+            self.done.add(name)
+            self._fit(name, mod, inp[0])
+
+        return fn
+
+    def _fit(self, name: str, mod: nn.Module, inp: torch.Tensor) -> None:
+        """Re-fit ``mod`` on its sampled rows; keep the old weights when the fit is not better."""
+        idx, y = self.samples[name]
+        x = _rows_of_input(mod, inp, idx)
+        w_old = mod.weight.detach().reshape(mod.weight.shape[0], -1)
+        b_old = mod.bias.detach() if mod.bias is not None else None
+        bn_mod = self.p_mods.get(self.follow_bn[name]) if name in self.follow_bn else None
+        has_bn = isinstance(bn_mod, nn.modules.batchnorm._BatchNorm) and bn_mod.running_mean is not None
+        intercept = b_old is not None or has_bn
+        yd = y.double()
+        pred_old = x.double() @ w_old.double().T + (b_old.double() if b_old is not None else 0.0)
+        energy = float(((yd - yd.mean(0)) ** 2).sum().clamp_min(1e-12))
+        err_old = float(((pred_old - yd) ** 2).sum()) / energy
+        w, b = _solve(x, y, intercept, self.ridge)
+        pred = x.double() @ w.T + b
+        err_new = float(((pred - yd) ** 2).sum()) / energy
+        if not math.isfinite(err_new) or err_new > err_old:
+            self.report[name] = {"rel_err_before": err_old, "rel_err_after": err_old, "kept_old_weights": 1.0}
+            return
+        mod.weight.data.copy_(w.reshape(mod.weight.shape).to(mod.weight.dtype))
+        if b_old is not None:
+            mod.bias.data.copy_(b.to(mod.bias.dtype))
+        elif bn_mod is not None:
+            # the re-fitted output reproduces the dense pre-BN output minus the intercept: the BN
+            # takes the dense statistics, its mean shifted by the intercept
+            mean, var = self._dense_bn_stats(name, self.follow_bn[name])
+            bn_mod.running_mean.data.copy_((mean.double() - b).to(bn_mod.running_mean.dtype))
+            bn_mod.running_var.data.copy_(var.to(bn_mod.running_var.dtype))
+        self.report[name] = {"rel_err_before": err_old, "rel_err_after": err_new}
+
+    def _dense_bn_stats(self, layer: str, bn_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        dbn = self.d_mods[bn_name]
+        mean, var = dbn.running_mean.detach(), dbn.running_var.detach()
+        if layer in self.out_keep and mean.shape[0] != self.p_mods[bn_name].running_mean.shape[0]:
+            k = torch.as_tensor(self.out_keep[layer], device=mean.device)
+            mean, var = mean[k], var[k]
+        return mean, var
+
+
 @torch.no_grad()
 def reconstruct_consumers(
     dense: nn.Module,
@@ -169,21 +326,12 @@ def reconstruct_consumers(
     ``max_rows`` sampled output positions per layer; ``ridge`` is relative to the mean input energy.
     Returns per-layer relative errors before and after the fit, images used, and the seconds taken.
     """
-    from simprune.pruning.engine import iter_inputs
-
     if layers not in ("consumers", "all"):
         raise ValueError("layers must be 'consumers' or 'all'")
     out_keep = out_keep or {}
-    batches = []
-    have = 0
-    for x in iter_inputs(calib, device):
-        batches.append(x)
-        have += x.shape[0]
-        if have >= max_images:
-            break
-    if not batches:
+    xs = _calibration_inputs(calib, device, max_images)
+    if xs is None:
         return {"layers": {}, "images": 0}
-    xs = torch.cat(batches)[:max_images]
     dense_was, pruned_was = dense.training, pruned.training
     dense.eval()
     pruned.eval()
@@ -191,129 +339,14 @@ def reconstruct_consumers(
         order, follow_bn, biggest = _leaf_order(pruned, xs)
         _, _, biggest_dense = _leaf_order(dense, xs)
         per_image = 4 * max(biggest, biggest_dense)
-        n_img = max(1, min(xs.shape[0], ACT_BUDGET_BYTES // max(1, per_image)))
-        xs = xs[:n_img]
-
-        d_mods = dict(dense.named_modules())
-        p_mods = dict(pruned.named_modules())
+        xs = xs[:max(1, min(xs.shape[0], ACT_BUDGET_BYTES // max(1, per_image)))]
+        refit = _Refit(dict(dense.named_modules()), dict(pruned.named_modules()), follow_bn, out_keep, ridge,
+                       should_cancel)
         pos = {n: i for i, n in enumerate(order)}
-        consumer_names = {c.name for s in specs for c in s.consumers}
-        root_names = {s.name for s in specs}
-        first = min((pos[n] for n in consumer_names | root_names if n in pos), default=None)
-        targets: list[str] = []
-        for name in order:
-            mod = p_mods.get(name)
-            dmod = d_mods.get(name)
-            if mod is None or dmod is None or not _is_fittable(mod) or not hasattr(mod, "weight"):
-                continue
-            if layers == "consumers":
-                if name not in consumer_names:
-                    continue
-            elif first is None or pos[name] < first:
-                continue
-            n_out = mod.weight.shape[0]
-            if n_out != dmod.weight.shape[0] and name not in out_keep:
-                continue
-            targets.append(name)
-        fitted = set(targets)
-        refit_bns = {follow_bn[n] for n in targets if n in follow_bn}
-
-        # dense pass: sampled target rows per layer
-        gen = torch.Generator().manual_seed(seed)
-        samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        hooks = []
-
-        def dense_hook(name: str) -> Callable[..., None]:
-            def fn(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
-                if name in samples:
-                    return
-                total = _n_positions(out)
-                if total > max_rows:
-                    idx = torch.randperm(total, generator=gen)[:max_rows].sort().values.to(out.device)
-                else:
-                    idx = torch.arange(total, device=out.device)
-                y = _rows_of_output(out, idx)
-                if name in out_keep and out.shape[1] != p_mods[name].weight.shape[0]:
-                    y = y[:, torch.as_tensor(out_keep[name], device=y.device)]
-                samples[name] = (idx, y.float())
-
-            return fn
-
-        for n in targets:
-            hooks.append(d_mods[n].register_forward_hook(dense_hook(n)))
-        try:
-            dense(xs)
-        finally:
-            for h in hooks:
-                h.remove()
-
-        def _dense_bn_stats(layer: str, bn_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-            dbn = d_mods[bn_name]
-            mean, var = dbn.running_mean.detach(), dbn.running_var.detach()
-            if layer in out_keep and mean.shape[0] != p_mods[bn_name].running_mean.shape[0]:
-                k = torch.as_tensor(out_keep[layer], device=mean.device)
-                mean, var = mean[k], var[k]
-            return mean, var
-
-        # pruned pass: fit each layer in a pre-hook, in execution order
-        report: dict[str, dict[str, float]] = {}
-        done: set[str] = set()
-
-        def fit_hook(name: str) -> Callable[..., None]:
-            def fn(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
-                if name in done or name not in samples:
-                    return
-                if should_cancel and should_cancel():
-                    raise JobCancelled("cancelled during least-squares reconstruction")
-                done.add(name)
-                idx, y = samples[name]
-                x = _rows_of_input(mod, inp[0], idx)
-                w_old = mod.weight.detach().reshape(mod.weight.shape[0], -1)
-                b_old = mod.bias.detach() if mod.bias is not None else None
-                bn_mod = p_mods.get(follow_bn.get(name, ""))
-                has_bn = isinstance(bn_mod, nn.modules.batchnorm._BatchNorm) and bn_mod.running_mean is not None
-                intercept = b_old is not None or has_bn
-                yd = y.double()
-                pred_old = x.double() @ w_old.double().T + (b_old.double() if b_old is not None else 0.0)
-                energy = float(((yd - yd.mean(0)) ** 2).sum().clamp_min(1e-12))
-                err_old = float(((pred_old - yd) ** 2).sum()) / energy
-                w, b = _solve(x, y, intercept, ridge)
-                pred = x.double() @ w.T + b
-                err_new = float(((pred - yd) ** 2).sum()) / energy
-                if not math.isfinite(err_new) or err_new > err_old:
-                    report[name] = {"rel_err_before": err_old, "rel_err_after": err_old, "kept_old_weights": 1.0}
-                    return
-                mod.weight.data.copy_(w.reshape(mod.weight.shape).to(mod.weight.dtype))
-                if b_old is not None:
-                    mod.bias.data.copy_(b.to(mod.bias.dtype))
-                elif bn_mod is not None:
-                    # the re-fitted output reproduces the dense pre-BN output minus the intercept: the BN
-                    # takes the dense statistics, its mean shifted by the intercept
-                    mean, var = _dense_bn_stats(name, follow_bn[name])
-                    bn_mod.running_mean.data.copy_((mean.double() - b).to(bn_mod.running_mean.dtype))
-                    bn_mod.running_var.data.copy_(var.to(bn_mod.running_var.dtype))
-                report[name] = {"rel_err_before": err_old, "rel_err_after": err_new}
-
-            return fn
-
-        def bn_hook(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
-            t = inp[0]
-            dims = [0] + list(range(2, t.dim()))
-            mod.running_mean.data.copy_(t.mean(dims).to(mod.running_mean.dtype))
-            mod.running_var.data.copy_(t.var(dims, unbiased=True).to(mod.running_var.dtype))
-
-        hooks = [p_mods[n].register_forward_pre_hook(fit_hook(n)) for n in targets]
-        if bn:
-            for n, m in p_mods.items():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None \
-                        and n not in refit_bns and n in pos and (first is None or pos[n] >= first):
-                    hooks.append(m.register_forward_pre_hook(bn_hook))
-        try:
-            pruned(xs)
-        finally:
-            for h in hooks:
-                h.remove()
+        targets, first = _fit_targets(order, pos, refit.d_mods, refit.p_mods, specs, layers, out_keep)
+        refit.sample_dense(dense, targets, xs, max_rows, seed)
+        refit.fit_pruned(pruned, targets, xs, bn, pos, first)
     finally:
         dense.train(dense_was)
         pruned.train(pruned_was)
-    return {"layers": report, "images": int(xs.shape[0]), "fitted": len(fitted)}
+    return {"layers": refit.report, "images": int(xs.shape[0]), "fitted": len(set(targets))}

@@ -42,8 +42,9 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.data import Dataset
 
+from simprune.device import select_device
 from simprune.errors import InputError
-from simprune.finetune import FinetuneConfig, FinetuneProgressFn, FinetuneResult, finetune, pick_device
+from simprune.finetune import FinetuneConfig, FinetuneProgressFn, FinetuneResult, finetune
 from simprune.methods.base import Method, MethodResult, RunContext, option
 from simprune.methods.registry import register_method
 
@@ -405,7 +406,7 @@ def dcff_train(
     if epochs is not None:
         config.epochs = epochs
     config.validate()
-    dev = pick_device(device)
+    dev = select_device(device)
     if example_input is None:
         if len(train_ds) == 0:  # type: ignore[arg-type]
             raise InputError("training dataset is empty")

@@ -19,6 +19,7 @@ import logging
 import pkgutil
 import threading
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -50,9 +51,7 @@ def load_methods(reload_plugins: bool = False) -> None:
     with _LOCK:
         if _loaded and not reload_plugins:
             return
-        import simprune.methods as pkg
-
-        for mod in pkgutil.iter_modules(pkg.__path__):
+        for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
             if not mod.name.startswith("_") and mod.name not in ("base", "registry"):
                 importlib.import_module(f"simprune.methods.{mod.name}")
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):

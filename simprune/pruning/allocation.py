@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from simprune.methods.base import normalize_scores
 from simprune.errors import InputError, JobCancelled
+from simprune.methods.base import normalize_scores
 from simprune.pruning.groups import FlopsModel, GroupSpec
 
 
@@ -200,6 +201,69 @@ def _refittable(mod: torch.nn.Module) -> bool:
     return isinstance(mod, torch.nn.Linear)
 
 
+def _group_input(model: torch.nn.Module, mod: torch.nn.Module, kind: str,
+                 x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the group's feature map, the output of ``mod``) on ``x``; for a root feature point both are its output."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if kind == "consumer":
+        h = mod.register_forward_hook(lambda m, inp, o, seen=seen: seen.append((inp[0], o)))
+    else:
+        h = mod.register_forward_hook(lambda m, inp, o, seen=seen: seen.append((o, o)))
+    try:
+        model(x)
+    finally:
+        h.remove()
+    return seen[0]
+
+
+def _pruned_hook(mod: torch.nn.Module, kind: str, n_channels: int, keep_idx: torch.Tensor,
+                 refit: _LocalRefit | None, mean: torch.Tensor) -> Any:
+    """A hook on ``mod`` making the model behave as if only ``keep_idx`` were kept, locally compensated."""
+    if refit is not None:
+        w, b = refit.fit(keep_idx)
+        return mod.register_forward_hook(
+            lambda m, inp, o, r=refit, kp=keep_idx, w=w, b=b: r.forward(inp[0], kp, w, b))
+    mask = torch.zeros(n_channels, dtype=torch.bool, device=mean.device)
+    mask[keep_idx] = True
+
+    def patch(t: torch.Tensor, mask: torch.Tensor = mask, mean: torch.Tensor = mean) -> torch.Tensor:
+        shape = [1, -1] + [1] * (t.dim() - 2)
+        m = mask.to(t.device).view(shape)
+        return torch.where(m, t, mean.to(t.device, t.dtype).view(shape))
+
+    if kind == "consumer":
+        return mod.register_forward_pre_hook(lambda m, inp, p=patch: (p(inp[0]),) + tuple(inp[1:]))
+    return mod.register_forward_hook(lambda m, inp, o, p=patch: p(o))
+
+
+def _scan_group(model: torch.nn.Module, modules: dict[str, torch.nn.Module], spec: GroupSpec, x: torch.Tensor,
+                dense_logp: torch.Tensor, select: Callable[[GroupSpec, int], torch.Tensor],
+                fractions: tuple[float, ...] | list[float], round_to: int | None,
+                should_cancel: Callable[[], bool] | None, local: str) -> dict[int, float]:
+    """One group's damage curve ``{kept: KL(dense || pruned)}`` (see :func:`sensitivity_scan`)."""
+    kind, _, target = spec.feature_point.partition(":")
+    mod = modules[target] if kind == "consumer" else spec.root
+    feat, cons_out = _group_input(model, mod, kind, x)
+    mean = feat.float().mean(dim=[d for d in range(feat.dim()) if d != 1])
+    refit = (_LocalRefit(mod, feat, cons_out) if local == "lstsq" and kind == "consumer"
+             and _refittable(mod) else None)
+    del feat, cons_out
+    curve: dict[int, float] = {spec.n_channels: 0.0}
+    for f in sorted(set(fractions)):
+        if should_cancel and should_cancel():
+            raise JobCancelled("cancelled during the sensitivity scan")
+        k = _round_keep(spec, spec.n_channels * f, round_to)
+        if k >= spec.n_channels or k in curve:
+            continue
+        keep_idx = select(spec, k).to(mean.device).sort().values
+        h = _pruned_hook(mod, kind, spec.n_channels, keep_idx, refit, mean)
+        try:
+            curve[k] = _kl(dense_logp, model(x))
+        finally:
+            h.remove()
+    return curve
+
+
 @torch.no_grad()
 def sensitivity_scan(
     model: torch.nn.Module,
@@ -210,6 +274,7 @@ def sensitivity_scan(
     round_to: int | None = None,
     should_cancel: Callable[[], bool] | None = None,
     local: str = "lstsq",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[int, float]]:
     """Damage of pruning each group alone, for a few kept counts: ``{group: {kept: KL(dense || pruned)}}``.
 
@@ -217,7 +282,8 @@ def sensitivity_scan(
     stands in for the engine's: with ``local="lstsq"`` the group's first consumer (a plain conv or linear) is
     refitted by least squares from the kept inputs to reproduce its dense output; otherwise (``"mean"``, or
     a consumer that cannot be refitted) the removed channels are replaced by their mean, as bias folding
-    does. The model is not modified; damages are measured on the logits of ``x``.
+    does. The model is not modified; damages are measured on the logits of ``x``. ``progress(done, total)``
+    counts the probes (one per group and fraction) after each group.
     """
     if local not in ("lstsq", "mean"):
         raise InputError("local compensation of the sensitivity scan must be 'lstsq' or 'mean'")
@@ -228,54 +294,11 @@ def sensitivity_scan(
     try:
         dense = model(x)
         dense_logp = torch.log_softmax(dense.float(), dim=1)
-        for spec in specs:
-            kind, _, target = spec.feature_point.partition(":")
-            mod = modules[target] if kind == "consumer" else spec.root
-            seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-            if kind == "consumer":
-                h = mod.register_forward_hook(lambda m, inp, o, seen=seen: seen.append((inp[0], o)))
-            else:
-                h = mod.register_forward_hook(lambda m, inp, o, seen=seen: seen.append((o, o)))
-            try:
-                model(x)
-            finally:
-                h.remove()
-            feat, cons_out = seen[0]
-            mean = feat.float().mean(dim=[d for d in range(feat.dim()) if d != 1])
-            refit = (_LocalRefit(mod, feat, cons_out) if local == "lstsq" and kind == "consumer"
-                     and _refittable(mod) else None)
-            del seen, feat, cons_out
-            curve: dict[int, float] = {spec.n_channels: 0.0}
-            for f in sorted(set(fractions)):
-                if should_cancel and should_cancel():
-                    raise JobCancelled("cancelled during the sensitivity scan")
-                k = _round_keep(spec, spec.n_channels * f, round_to)
-                if k >= spec.n_channels or k in curve:
-                    continue
-                keep_idx = select(spec, k).to(mean.device).sort().values
-                if refit is not None:
-                    w, b = refit.fit(keep_idx)
-                    h = mod.register_forward_hook(
-                        lambda m, inp, o, r=refit, kp=keep_idx, w=w, b=b: r.forward(inp[0], kp, w, b))
-                else:
-                    mask = torch.zeros(spec.n_channels, dtype=torch.bool, device=mean.device)
-                    mask[keep_idx] = True
-
-                    def patch(t: torch.Tensor, mask: torch.Tensor = mask, mean: torch.Tensor = mean) -> torch.Tensor:
-                        shape = [1, -1] + [1] * (t.dim() - 2)
-                        m = mask.to(t.device).view(shape)
-                        return torch.where(m, t, mean.to(t.device, t.dtype).view(shape))
-
-                    if kind == "consumer":
-                        h = mod.register_forward_pre_hook(lambda m, inp, p=patch: (p(inp[0]),) + tuple(inp[1:]))
-                    else:
-                        h = mod.register_forward_hook(lambda m, inp, o, p=patch: p(o))
-                try:
-                    curve[k] = _kl(dense_logp, model(x))
-                finally:
-                    h.remove()
-            out[spec.name] = curve
+        for i, spec in enumerate(specs):
+            out[spec.name] = _scan_group(model, modules, spec, x, dense_logp, select, fractions, round_to,
+                                         should_cancel, local)
+            if progress is not None:
+                progress((i + 1) * len(fractions), len(specs) * len(fractions))
     finally:
         model.train(was_training)
     return out

@@ -127,6 +127,57 @@ def _passes_channel_pad(group: tp.Group) -> bool:
     return False
 
 
+def _group_members(dg: tp.DependencyGraph, group: Any, n: int) -> tuple[list[str], list[str],
+                                                                         list[tuple[str, str, float]], int]:
+    """Modules whose output / input channels the group prunes, its FLOPs effects, and its channel chunking."""
+    out_mods: list[str] = []
+    in_mods: list[str] = []
+    effects: list[tuple[str, str, float]] = []
+    ch_groups = 1
+    for item in group:
+        dep, idxs = item.dep, item.idxs
+        mod = dep.target.module
+        mname = _module_name(dg, mod)
+        if mname is None or not isinstance(mod, nn.Module):
+            continue
+        is_out = dg.is_out_channel_pruning_fn(dep.handler)
+        (out_mods if is_out else in_mods).append(mname)
+        if isinstance(mod, PRUNABLE_ROOTS):
+            effects.append((mname, "out" if is_out else "in", len(idxs) / n))
+            if isinstance(mod, nn.Conv2d | nn.Conv1d) and mod.groups > 1 and not is_depthwise(mod):
+                ch_groups = max(ch_groups, mod.groups)
+        if isinstance(mod, nn.GroupNorm):
+            ch_groups = max(ch_groups, mod.num_groups)
+    return out_mods, in_mods, effects, ch_groups
+
+
+def _skip_reason(group: Any, out_mods: list[str], frozen: set[str], ignored: set[str], n: int,
+                 ch_groups: int) -> str | None:
+    """Why the group cannot be pruned, or None."""
+    if any(m in frozen for m in out_mods):
+        return "declared frozen by the model (simprune_frozen_layers)"
+    if any(m in ignored for m in out_mods):
+        return "couples with an ignored layer"
+    if _passes_channel_pad(group):
+        return "passes through a channel-padding op (option-A shortcut); residual stream kept whole"
+    if n <= ch_groups:
+        return "too few channels"
+    return None
+
+
+def _consumers(modules: dict[str, nn.Module], in_mods: list[str], order: dict[str, int], n: int) -> list[Consumer]:
+    """The layers reading exactly the group's channels (plain convs / linears), in execution order."""
+    consumers = []
+    for m in sorted(set(in_mods), key=lambda x: order.get(x, 1 << 30)):
+        mod = modules[m]
+        if not isinstance(mod, PRUNABLE_ROOTS) or is_depthwise(mod):
+            continue
+        width = mod.in_channels if hasattr(mod, "in_channels") else mod.in_features
+        if width == n and getattr(mod, "groups", 1) == 1:
+            consumers.append(Consumer(name=m, module=mod, offset=0))
+    return consumers
+
+
 def discover_groups(
     model: nn.Module,
     example: torch.Tensor,
@@ -149,33 +200,8 @@ def discover_groups(
         if name is None:
             continue
         n = root.out_channels if hasattr(root, "out_channels") else root.out_features
-        out_mods: list[str] = []
-        in_mods: list[str] = []
-        effects: list[tuple[str, str, float]] = []
-        ch_groups = 1
-        for item in group:
-            dep, idxs = item.dep, item.idxs
-            mod = dep.target.module
-            mname = _module_name(dg, mod)
-            if mname is None or not isinstance(mod, nn.Module):
-                continue
-            is_out = dg.is_out_channel_pruning_fn(dep.handler)
-            (out_mods if is_out else in_mods).append(mname)
-            if isinstance(mod, PRUNABLE_ROOTS):
-                effects.append((mname, "out" if is_out else "in", len(idxs) / n))
-                if isinstance(mod, nn.Conv2d | nn.Conv1d) and mod.groups > 1 and not is_depthwise(mod):
-                    ch_groups = max(ch_groups, mod.groups)
-            if isinstance(mod, nn.GroupNorm):
-                ch_groups = max(ch_groups, mod.num_groups)
-        reason = None
-        if any(m in frozen for m in out_mods):
-            reason = "declared frozen by the model (simprune_frozen_layers)"
-        elif any(m in ignored for m in out_mods):
-            reason = "couples with an ignored layer"
-        elif _passes_channel_pad(group):
-            reason = "passes through a channel-padding op (option-A shortcut); residual stream kept whole"
-        elif n <= ch_groups:
-            reason = "too few channels"
+        out_mods, in_mods, effects, ch_groups = _group_members(dg, group, n)
+        reason = _skip_reason(group, out_mods, frozen, ignored, n, ch_groups)
         if reason:
             skipped.append({"layer": name, "reason": reason})
             continue
@@ -185,15 +211,7 @@ def discover_groups(
         if bn_name and bn_name in out_mods:
             spec.bn, spec.bn_name = modules[bn_name], bn_name
         spec.depthwise = [m for m in out_mods if is_depthwise(modules[m]) and m != name]
-        consumers = []
-        for m in sorted(set(in_mods), key=lambda x: order.get(x, 1 << 30)):
-            mod = modules[m]
-            if not isinstance(mod, PRUNABLE_ROOTS) or is_depthwise(mod):
-                continue
-            width = mod.in_channels if hasattr(mod, "in_channels") else mod.in_features
-            if width == n and getattr(mod, "groups", 1) == 1:
-                consumers.append(Consumer(name=m, module=mod, offset=0))
-        spec.consumers = consumers
+        spec.consumers = consumers = _consumers(modules, in_mods, order, n)
         spec.consumer_bns = {c.name: modules[follow_bn[c.name]] for c in consumers if c.name in follow_bn}
         if consumers:
             spec.feature_point = f"consumer:{consumers[0].name}"

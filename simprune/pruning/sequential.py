@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from simprune.methods.base import ChannelGroup, Criterion, Selection
+from simprune.compensation.lstsq import reconstruct_consumers
 from simprune.errors import JobCancelled
+from simprune.methods.base import ChannelGroup, Criterion, Selection
+from simprune.pruning.features import collect_features, first_inputs
 from simprune.pruning.groups import GroupSpec
 from simprune.pruning.surgery import remove_channels
 
@@ -44,9 +46,6 @@ def prune_sequentially(
     should_cancel: Callable[[], bool] | None = None,
 ) -> dict[str, Selection]:
     """Prune ``work`` in place group by group (see the module docstring); returns the selections."""
-    from simprune.compensation.lstsq import reconstruct_consumers
-    from simprune.pruning.engine import collect_features, first_inputs
-
     xs = first_inputs(calib, n_images, device)
     todo = [s for s in specs if keep_counts[s.name] < s.n_channels]
     dense_feats = collect_features(dense, todo, xs, device, should_cancel)

@@ -7,6 +7,7 @@ module (imported, so its ``@register_arch`` decorators run) or a callable taking
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
@@ -80,7 +81,7 @@ def register_arch(
 
 def _ensure_loaded() -> None:
     global _plugins_loaded
-    from simprune.zoo import _builtin  # noqa: F401  (registers the built-in architectures)
+    importlib.import_module("simprune.zoo._builtin")  # registers the built-in architectures (no import cycle)
 
     if _plugins_loaded:
         return

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import TenantDep
+from app.api.ratelimit import rate_limit_reads
 from app.services import catalog
 
-router = APIRouter(prefix="/v1", tags=["catalogue"])
+router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(rate_limit_reads)])
 
 
 @router.get("/methods", summary="Pruning methods",

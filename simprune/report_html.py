@@ -1,4 +1,4 @@
-"""Redundancy analysis and report plots: similarity matrices, their statistics, PNG plots and report.html.
+"""Report plots and the HTML report: PNG heat maps and bar charts, a self-contained report.html.
 
 Plots use matplotlib's object API with the Agg canvas (no pyplot, no global backend switch), so they are
 safe in a worker process and in threads.
@@ -15,80 +15,6 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from simprune.methods import ChannelGroup, Criterion, get_criterion
-from simprune.methods._similarity import (
-    DIST_DECIMALS,
-    cosine_similarity_matrix,
-    flat_filters,
-    passive_greedy,
-)
-
-THRESHOLDS = (0.9, 0.95, 0.99)
-"""Similarity thresholds at which near-duplicate channel pairs are counted."""
-
-
-def similarity_matrix(method: str | Criterion, group: ChannelGroup) -> np.ndarray:
-    """The (C, C) matrix a method judges redundancy by.
-
-    passive_sim / nystrom_sim: ``1 - D`` (cosine similarity of prototypes, rounded as the method does);
-    qsfm: Pearson correlation of the feature maps; channel_cluster: its combined *distance*; every other
-    method (the baselines): cosine similarity of the flattened filters.
-    """
-    crit = get_criterion(method) if isinstance(method, str) else method
-    fn = getattr(crit, "matrix", None)
-    if callable(fn):
-        return np.asarray(fn(group), dtype=np.float64)
-    return cosine_similarity_matrix(flat_filters(group.weight)).cpu().numpy()
-
-
-def matrix_kind(method: str | Criterion) -> str:
-    """``"distance"`` for methods whose :func:`similarity_matrix` is a distance, else ``"similarity"``."""
-    crit = get_criterion(method) if isinstance(method, str) else method
-    return str(getattr(crit, "matrix_kind", "similarity"))
-
-
-def redundancy_stats(matrix: np.ndarray, kind: str = "similarity", absolute: bool = False) -> dict[str, Any]:
-    """Summary of a channel similarity (or ``kind="distance"``: converted as ``1 - D``) matrix.
-
-    Returns ``n``, ``mean_offdiag`` and ``max_offdiag`` similarity, ``near_duplicates`` (pairs with
-    similarity >= each of :data:`THRESHOLDS`) and ``greedy_keep``: the kept count of passive_sim's greedy
-    run on ``D = 1 - similarity`` (rounded to 5 decimals). ``absolute=True`` uses ``|similarity|`` (for
-    correlations, where a negative correlation is as redundant as a positive one).
-    """
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"expected a square matrix, got shape {m.shape}")
-    if kind not in ("similarity", "distance"):
-        raise ValueError(f"kind must be 'similarity' or 'distance', got {kind!r}")
-    sim = 1.0 - m if kind == "distance" else m.copy()
-    if absolute:
-        sim = np.abs(sim)
-    n = len(sim)
-    stats: dict[str, Any] = {"n": n, "kind": kind, "absolute": absolute}
-    if n < 2:
-        stats.update(mean_offdiag=0.0, max_offdiag=0.0, near_duplicates={str(t): 0 for t in THRESHOLDS},
-                     greedy_keep=n)
-        return stats
-    off = sim[np.triu_indices(n, 1)]
-    stats["mean_offdiag"] = float(off.mean())
-    stats["max_offdiag"] = float(off.max())
-    stats["near_duplicates"] = {str(t): int((off >= t).sum()) for t in THRESHOLDS}
-    dist = np.round(1.0 - sim, DIST_DECIMALS)
-    stats["greedy_keep"] = len(passive_greedy(dist)[0])
-    return stats
-
-
-def suggest_ratio(stats: dict[str, Any] | Sequence[dict[str, Any]], max_ratio: float = 0.9) -> float:
-    """A pruning ratio suggested by the redundancy found: ``1 - greedy_keep / n`` (channel-weighted over
-    several layers' stats), clipped to ``[0, max_ratio]``."""
-    items = [stats] if isinstance(stats, dict) else list(stats)
-    total = sum(int(s["n"]) for s in items)
-    if total == 0:
-        return 0.0
-    kept = sum(int(s.get("greedy_keep", s["n"])) for s in items)
-    return float(min(max(1.0 - kept / total, 0.0), max_ratio))
-
 
 # --------------------------------------------------------------------------------------------------------
 # Plots
