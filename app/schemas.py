@@ -119,9 +119,10 @@ class JobOut(BaseModel):
     stage: str | None
     progress: float
     progress_detail: dict[str, Any] | None = Field(default=None, description=(
-        "Training progress: phase (finetune, dcff, ssc...), epoch, epochs, step, steps, eta_s (seconds left in "
-        "the training phase), loss, lr, and after each epoch its top1 (a fraction in [0, 1]) when an eval set was "
-        "given."))
+        "Progress of the current stage: phase, and either training (epoch, epochs, step, steps, loss, lr, top1 "
+        "as a fraction in [0, 1] after an epoch) or counts (what, done, total: evaluation batches, groups scored, "
+        "sensitivity probes, groups selected or pruned sequentially, exports; step names the sub-step); eta_s "
+        "(seconds) where it can be estimated."))
     model_id: str | None
     calibration_dataset_id: str | None = None
     eval_dataset_id: str | None = None

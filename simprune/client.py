@@ -9,13 +9,19 @@ Example::
         job = c.submit(model["id"], method="l1", target_flops_reduction=0.5)
         job = c.wait(job["id"], progress=lambda j: print(j["stage"], j["progress"]))
         c.download(job["id"], "model.pt2", "out/model.pt2")
+
+Every verb of the REST API has a method: ``list_models``/``list_datasets``/``list_jobs`` (one page) and
+``iter_*`` (every page), ``get_*``, ``delete_*``, ``find_model``/``find_dataset`` (by content hash, so an upload
+can be reused), ``cancel``, ``events`` (the job's server-sent events as an iterator), ``wait`` and ``download``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,10 @@ import httpx
 from simprune.errors import SimpruneError
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+KEY_HINT = ("the API key goes in --api-key or the SIMPRUNE_API_KEY environment variable (Client(api_key=...)); "
+            "create one with `simprune keys create NAME` on the server")
+RETRIES_429 = 3
+"""How often a request without a body is retried after a 429 (waiting the Retry-After seconds, at most 30)."""
 
 
 class ApiError(SimpruneError):
@@ -35,6 +45,8 @@ class ApiError(SimpruneError):
         self.response = response
         title = problem.get("title") or "error"
         detail = problem.get("detail") or ""
+        if status == 401:
+            detail = f"{detail} ({KEY_HINT})" if detail else KEY_HINT
         super().__init__(f"HTTP {status} {title}: {detail}".rstrip(": "))
 
 
@@ -64,10 +76,14 @@ class Client:
         self._http.close()
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            resp = self._http.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ApiError(0, {"title": "connection error", "detail": f"{type(exc).__name__}: {exc}"}) from exc
+        for attempt in range(RETRIES_429 + 1):
+            try:
+                resp = self._http.request(method, url, **kwargs)
+            except httpx.HTTPError as exc:
+                raise ApiError(0, {"title": "connection error", "detail": f"{type(exc).__name__}: {exc}"}) from exc
+            if resp.status_code != 429 or attempt == RETRIES_429 or "files" in kwargs:
+                break
+            time.sleep(_retry_after(resp))
         if resp.status_code >= 400:
             try:
                 body = resp.json()
@@ -112,6 +128,60 @@ class Client:
         with open(p, "rb") as fh:
             return self._json("POST", "/v1/datasets", files={"file": (p.name, fh)})
 
+    def list_models(self, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """One page of models: ``{"items": [...], "next_cursor": ...}``."""
+        return self._json("GET", "/v1/models", params=_page_params(cursor, limit))
+
+    def list_datasets(self, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """One page of datasets: ``{"items": [...], "next_cursor": ...}``."""
+        return self._json("GET", "/v1/datasets", params=_page_params(cursor, limit))
+
+    def iter_models(self) -> Iterator[dict[str, Any]]:
+        """Every model of the tenant, newest first (pages through the list)."""
+        return self._iter_pages(self.list_models)
+
+    def iter_datasets(self) -> Iterator[dict[str, Any]]:
+        """Every dataset of the tenant, newest first."""
+        return self._iter_pages(self.list_datasets)
+
+    def iter_jobs(self, status: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every job of the tenant (optionally only those with ``status``), newest first."""
+        return self._iter_pages(lambda cursor, limit: self.list_jobs(status=status, cursor=cursor, limit=limit))
+
+    @staticmethod
+    def _iter_pages(fetch: Callable[[str | None, int], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            page = fetch(cursor, 100)
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        """One model."""
+        return self._json("GET", f"/v1/models/{model_id}")
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        """One dataset."""
+        return self._json("GET", f"/v1/datasets/{dataset_id}")
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete a model and its file (409 while an active job uses it)."""
+        self._request("DELETE", f"/v1/models/{model_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset and its file (409 while an active job uses it)."""
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    def find_model(self, sha256: str, arch: str | None = None) -> dict[str, Any] | None:
+        """An uploaded model with this content hash (and architecture), or None."""
+        return next((m for m in self.iter_models() if m["sha256"] == sha256 and arch in (None, m["arch"])), None)
+
+    def find_dataset(self, sha256: str) -> dict[str, Any] | None:
+        """An uploaded dataset with this content hash, or None."""
+        return next((d for d in self.iter_datasets() if d["sha256"] == sha256), None)
+
     # jobs --------------------------------------------------------------------------------------------------
     def submit(self, model_id: str, method: str, target_flops_reduction: float | None = None,
                pruning_ratio: float | str | None = None, idempotency_key: str | None = None,
@@ -141,6 +211,31 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Ask the server to cancel the job."""
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a job and its artifacts (a queued or running job is cancelled); later requests answer 410."""
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def events(self, job_id: str, reconnect: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The job's server-sent events as ``(event, data)``: ``progress`` on every change, then one ``end``.
+        A dropped stream is reopened (unless ``reconnect=False``) until the ``end`` event."""
+        while True:
+            try:
+                with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(
+                        10.0, read=60.0)) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        raise ApiError(resp.status_code, _problem_body(resp), resp)
+                    for event, data in parse_sse(resp.iter_lines()):
+                        yield event, data
+                        if event == "end":
+                            return
+            except httpx.HTTPError as exc:
+                if not reconnect:
+                    raise ApiError(0, {"title": "connection error", "detail": str(exc)}) from exc
+            if not reconnect:
+                return
+            time.sleep(1.0)
 
     def wait(self, job_id: str, progress: Callable[[dict[str, Any]], None] | None = None,
              poll_interval: float = 1.0, timeout: float | None = None, raise_on_failure: bool = True
@@ -172,11 +267,7 @@ class Client:
             with self._http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    try:
-                        body = resp.json()
-                    except ValueError:
-                        body = {"detail": resp.text[:500]}
-                    raise ApiError(resp.status_code, body, resp)
+                    raise ApiError(resp.status_code, _problem_body(resp), resp)
                 with open(tmp, "wb") as out:
                     for chunk in resp.iter_bytes(1024 * 1024):
                         out.write(chunk)
@@ -184,3 +275,51 @@ class Client:
         finally:
             tmp.unlink(missing_ok=True)
         return dest
+
+    def download_all(self, job_id: str, dest: str | Path) -> list[Path]:
+        """Every artifact of the job into directory ``dest``."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        return [self.download(job_id, a["name"], dest / a["name"]) for a in self.get_job(job_id)["artifacts"]]
+
+
+def _page_params(cursor: str | None, limit: int) -> dict[str, Any]:
+    return {"limit": limit, **({"cursor": cursor} if cursor else {})}
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    try:
+        return min(max(float(resp.headers.get("Retry-After", "1")), 0.1), 30.0)
+    except ValueError:
+        return 1.0
+
+
+def _problem_body(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {"detail": resp.text[:500]}
+    return body if isinstance(body, dict) else {"detail": body}
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(event, data)`` for each server-sent event in ``lines`` whose data is JSON (comments are skipped)."""
+    event, data = "message", ""
+    for line in lines:
+        if not line:
+            if data:
+                yield event, json.loads(data)
+            event, data = "message", ""
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file (what the server reports as a model's or dataset's ``sha256``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()

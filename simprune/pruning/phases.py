@@ -344,7 +344,7 @@ def _select_sequentially(run: PruneRun) -> None:
         fold=(lambda g, sel: _fold_group(g, sel, min_r2)) if run.comp.get("fold") else None,
         n_images=int(run.copts.get("sequential_images", 1024)),
         lstsq_options={k: v for k, v in run.copts.items() if k in LSTSQ_OPTIONS},
-        progress=lambda f: run.count("select", 0.4, 0.7, "sequential groups", round(f * n_todo), n_todo),
+        progress=lambda f: run.count("select", 0.4, 0.6, "sequential groups", round(f * n_todo), n_todo),
         should_cancel=run.should_cancel)
 
 
