@@ -10,7 +10,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 DATA    ?= data
 
-.PHONY: install run test lint check-lib bench deploy-check clean
+.PHONY: install run test lint check-lib bench gpu-check deploy-check clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,14 @@ check-lib:
 bench: install
 	$(BIN)/python bench/latency.py --quick
 	$(BIN)/python bench/accuracy.py
+
+# the GPU check (engine on CUDA, AMP fine-tuning, latency in deployment modes, the service with a CUDA worker,
+# a real out-of-memory retry): one summary line per step, under 5 minutes on one GPU. On the offline GPU
+# machine run `python3 bench/gpu_check.py` after installing .gpu/whl (../shared/gpu/README.md). CPU rehearsal:
+# `make gpu-check GPU_CHECK_ARGS="--device cpu --quick"`.
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 deploy-check: install
 	docker-compose --env-file .env.example -f docker-compose.yml config -q

@@ -1,4 +1,4 @@
-"""The server commands of the ``simprune`` CLI: ``serve``, ``worker``, ``keys create`` and ``db upgrade``.
+"""The server commands of the ``simprune`` CLI: ``serve``, ``worker``, ``keys create|list|revoke``, ``db upgrade``.
 
 They are a plugin of the engine's CLI (:mod:`simprune.cli`), which never imports ``app`` or ``worker`` by name:
 pyproject.toml declares ``register`` under the ``simprune.cli`` entry-point group. Without the ``server``
@@ -59,12 +59,10 @@ def _settings(data_dir: Path | None = None, **env: str) -> Any:
 
 
 def worker_command(loglevel: str = "INFO", hostname: str | None = None) -> list[str]:
-    """The argv of a Celery worker process for the current settings (used by ``serve``)."""
-    from app.core.config import get_settings
-
-    s = get_settings()
+    """The argv of a Celery worker process for the current settings (used by ``serve`` and ``worker --gpus``).
+    No ``-Q``: the worker consumes the queues of its capability (:func:`worker.celery_app.configure_queues`)."""
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "solo", "-c", "1",
-            "-Q", s.queue, "--loglevel", loglevel, "-n", hostname or f"simprune-{uuid.uuid4().hex[:8]}@%h",
+            "--loglevel", loglevel, "-n", hostname or f"simprune-{uuid.uuid4().hex[:8]}@%h",
             "--without-gossip", "--without-mingle"]
 
 
@@ -94,7 +92,7 @@ class WorkerChild:
     """The worker process of ``serve``, in its own process group (a terminal's Ctrl-C reaches only ``serve``,
     which stops the worker itself) and, on Linux, killed by the kernel if ``serve`` dies without stopping it."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         prctl = _libc_prctl()
         parent = os.getpid()
 
@@ -104,8 +102,8 @@ class WorkerChild:
             if os.getppid() != parent:  # serve died before prctl took effect
                 os._exit(1)
 
-        self.proc = subprocess.Popen(argv, env=os.environ.copy(), start_new_session=True,
-                                     preexec_fn=die_with_parent)
+        self.proc = subprocess.Popen(argv, env=env if env is not None else os.environ.copy(),
+                                     start_new_session=True, preexec_fn=die_with_parent)
         self.pid = self.proc.pid
         self._terminated_at: float | None = None
 
@@ -209,15 +207,36 @@ def serve(
 def worker(
     data_dir: DataDirOpt = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-    hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name (with --gpus: its prefix).")] = None,
+    gpus: Annotated[str | None, typer.Option(
+        "--gpus", envvar="SIMPRUNE_WORKER_GPUS",
+        help="all | 0,2 | none: one supervised worker per GPU (pinned with CUDA_VISIBLE_DEVICES), or one CPU "
+             "worker. Without it: one worker in this process, on CUDA when visible.")] = None,
+    stop_timeout: Annotated[float, typer.Option(
+        help="With --gpus: seconds the workers get to finish after SIGTERM before they are killed.")] = 30.0,
 ) -> None:
-    """Run one worker (solo pool: one job at a time, CUDA-safe). Scale out by starting more of them."""
+    """Run one worker (solo pool: one job at a time, CUDA-safe), or with --gpus one per GPU, supervised:
+    a crashed worker is restarted, SIGTERM/SIGINT stops them all. SIMPRUNE_FAKE_GPUS=N (testing) makes N
+    CPU workers stand in for GPUs."""
     settings = _settings(data_dir)
+    slots = None
+    if gpus is not None:
+        from app.worker_supervisor import GpuSpecError, plan_workers
+
+        try:
+            slots = plan_workers(gpus, settings, hostname)
+        except GpuSpecError as exc:
+            typer.echo(f"simprune worker: {exc}", err=True)
+            raise typer.Exit(2) from None
     settings.ensure_dirs()
     from app.core.db import upgrade_database
 
     if settings.database_url.startswith("sqlite"):
         upgrade_database(settings.database_url)
+    if slots is not None:
+        from app.worker_supervisor import Supervisor
+
+        raise typer.Exit(Supervisor(slots, loglevel, stop_timeout).run())
     from worker.celery_app import celery_app
 
     argv = worker_command(loglevel, hostname)
@@ -245,6 +264,52 @@ def keys_create(
         tenant_id = row.tenant_id
     typer.echo(f"Created API key '{name}' for tenant {tenant_id}. Store it now; it is not shown again.")
     typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(
+    data_dir: DataDirOpt = None,
+    tenant: Annotated[str | None, typer.Option(help="Only the keys of this tenant id.")] = None,
+    active: Annotated[bool, typer.Option("--active", help="Leave out revoked keys.")] = False,
+) -> None:
+    """List API keys: id, tenant, name, public prefix, created, last used, revoked (never the secret)."""
+    from app.core.db import session_scope, upgrade_database
+    from app.services.keys import list_keys
+
+    settings = _settings(data_dir)
+    upgrade_database(settings.database_url)
+
+    def when(t: Any) -> str:
+        return t.strftime("%Y-%m-%d %H:%M") if t else "-"
+
+    with session_scope(settings.database_url) as s:
+        rows = list_keys(s, tenant, include_revoked=not active)
+        lines = [f"{r.id}\t{r.tenant_id}\t{r.name}\tsp_{r.prefix}_...\t{when(r.created_at)}\t"
+                 f"{when(r.last_used_at)}\t{'revoked ' + when(r.revoked_at) if r.revoked_at else 'active'}"
+                 for r in rows]
+    typer.echo("id\ttenant\tname\tprefix\tcreated\tlast_used\tstatus")
+    for line in lines:
+        typer.echo(line)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id (key_...), its prefix, or the key itself.")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Revoke an API key: requests with it get 401 from now on (exit code 1 when no key matches)."""
+    from app.core.db import session_scope, upgrade_database
+    from app.services.keys import revoke_key
+
+    settings = _settings(data_dir)
+    upgrade_database(settings.database_url)
+    with session_scope(settings.database_url) as s:
+        row = revoke_key(s, key)
+        found = None if row is None else (row.id, row.tenant_id, row.revoked_at)
+    if found is None:
+        typer.echo(f"no API key matches {key[:40]!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"API key {found[0]} of tenant {found[1]} revoked at {found[2]:%Y-%m-%d %H:%M:%S} UTC")
 
 
 @db_app.command("upgrade")

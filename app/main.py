@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
+from app.api.docs import install_docs
+from app.api.limits import JsonBodyLimits, JsonLimits
+from app.api.observe import ObserveRequests
 from app.api.problems import install_problem_handlers
-from app.api.ratelimit import make_buckets
+from app.api.ratelimit import make_buckets, make_stream_slots
 from app.api.routes import datasets, health, jobs, meta, metrics, models
 from app.core.config import Settings, get_settings
 from app.storage import get_storage
+from app.ui import install_ui
 
 log = logging.getLogger("simprune.api")
 
@@ -42,33 +45,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not settings.auth_enabled:
             log.warning(NO_AUTH_WARNING)
         yield
+        if getattr(_app.state, "inspector", None) is not None:
+            _app.state.inspector.close()
 
     app = FastAPI(
         title="simprune",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served offline by install_docs (/docs, /redoc)
         redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
     app.state.storage = get_storage(settings)
     app.state.rate_buckets = make_buckets(settings)
+    app.state.stream_slots = make_stream_slots(settings)
     app.state.metrics = api_metrics = metrics.ApiMetrics(settings)
     install_problem_handlers(app)
     for r in (models.router, datasets.router, jobs.router, meta.router, health.router, metrics.router):
         app.include_router(r)
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        api_metrics.requests.labels(request.method, route, str(response.status_code)).observe(
-            time.perf_counter() - start)
-        if request.method == "POST" and route in ("/v1/models", "/v1/datasets") and 400 <= response.status_code < 500:
-            api_metrics.uploads_rejected.labels(route.rsplit("/", 1)[-1]).inc()
-        return response
+    install_docs(app)
+    install_ui(app)
+    app.add_middleware(JsonBodyLimits, limits=JsonLimits.from_settings(settings))  # inside ObserveRequests
+    app.add_middleware(ObserveRequests, metrics=api_metrics)  # outermost: sees every answer, 413s included
 
     return app

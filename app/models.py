@@ -110,6 +110,7 @@ class Model(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dry_run: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # ONNX uploads: prunable groups, operators
 
 
 class Dataset(Base):
@@ -131,13 +132,17 @@ class Dataset(Base):
 
 
 class Job(Base):
-    """A pruning job. ``status`` moves queued -> running -> succeeded|failed|cancelled (or queued -> cancelled)."""
+    """A pruning job. ``status`` moves queued -> running -> succeeded|failed|cancelled (or queued -> cancelled).
+
+    A deleted job keeps its row (``deleted_at`` set, artifacts gone) as the audit record; the API answers 410.
+    """
 
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_jobs_finished_at", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -166,6 +171,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     enqueued_at: Mapped[datetime | None] = mapped_column(default=None)  # last time its message was sent
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)  # DELETE /v1/jobs/{id}: the row is the audit
+    artifacts_expired_at: Mapped[datetime | None] = mapped_column(default=None)  # removed by retention
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="Artifact.name"
@@ -188,3 +195,21 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
+
+
+class WorkerNode(Base):
+    """A live worker process, written by the worker itself (registered at start, heartbeat every
+    ``worker_heartbeat_interval_s``, removed at a clean stop). Routing reads it: a job is sent to the GPU queue
+    only while a worker consuming that queue has a recent heartbeat (works with any broker)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid
+    name: Mapped[str] = mapped_column(String(255))  # the Celery node name, e.g. gpu0@host
+    kind: Mapped[str] = mapped_column(String(8))  # gpu | cpu
+    gpu: Mapped[str | None] = mapped_column(String(64), default=None)  # its CUDA_VISIBLE_DEVICES
+    queues: Mapped[list[str]] = mapped_column(JSON, default=list)  # the queues it consumes
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_memory: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # allocated/reserved bytes after a job

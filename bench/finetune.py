@@ -16,12 +16,17 @@ SGD, cosine with warm-up, distillation from the dense model, standard crop+flip 
 Bar: the best pruned model within 0.5 points of the fine-tuned dense one. On a CPU use subsets::
 
     .venv/bin/python bench/finetune.py --train-samples 5000 --eval-samples 2000 --out finetune.json
+
+Data and checkpoint: ``--train``, ``--eval`` and ``--checkpoint`` (default: under ``../shared/data``);
+``--arch`` names the checkpoint's zoo architecture. Decoded tensors are cached in ``--cache``, keyed on the
+zip's content hash (a changed zip is decoded again). ``--device cuda`` without CUDA fails with one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import sys
 import time
@@ -34,19 +39,33 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from simprune.checkpoint import load_state_dict
 from simprune.data import open_dataset
-from simprune.methods.dcff import dcff_layer_ratios, dcff_train
-from simprune.finetune import FinetuneConfig, evaluate_top1, finetune, pick_device
+from simprune.device import select_device
+from simprune.errors import InputError
+from simprune.finetune import FinetuneConfig, evaluate_top1, finetune
 from simprune.flops import count_model
-from simprune.pruning.engine import prune
+from simprune.methods.dcff import dcff_layer_ratios, dcff_train
+from simprune.pruning.phases import prune
 from simprune.zoo.cifar_resnet import IMAGENET_MEAN, IMAGENET_STD
 from simprune.zoo.registry import build_model
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file (or a folder's files): cache keys follow the content,
+    not the name."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def tensors(zip_path: Path, limit: int | None, seed: int, cache: Path | None) -> TensorDataset:
     """A class-balanced, seeded subset of an ImageFolder zip, decoded once into normalised tensors."""
-    f = cache / f"{zip_path.stem}_{limit or 'all'}_{seed}.pt" if cache else None
+    f = cache / f"{zip_path.stem}_{file_digest(zip_path)}_{limit or 'all'}_{seed}.pt" if cache else None
     if f is not None and f.exists():
         d = torch.load(f, weights_only=True)
         return TensorDataset(d["x"], d["y"])
@@ -85,32 +104,44 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=1024)
     ap.add_argument("--dcff-t-start", type=float, default=100.0,
                     help="DCFF initial temperature (the paper's 1 blends filters: too destructive for 1 epoch)")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--arch", default="cifar_resnet56", help="zoo architecture of --checkpoint")
+    ap.add_argument("--checkpoint", type=Path, default=SHARED / "checkpoints" / "resnet56-4bfd9763.th")
+    ap.add_argument("--train", type=Path, default=SHARED / "cifar10-jpeg" / "train.zip",
+                    help="training (and calibration) images: ImageFolder zip/dir or .npz")
+    ap.add_argument("--eval", type=Path, default=SHARED / "cifar10-jpeg" / "test.zip", help="evaluation images")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--cache", type=Path, default=Path(".cache/bench_finetune"))
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args()
 
-    if not (SHARED / "checkpoints" / "resnet56-4bfd9763.th").is_file():
-        sys.exit(f"shared data not found under {SHARED}")
-    dev = pick_device(args.device)
+    missing = [f"{name} {p}" for name, p in (("--checkpoint", args.checkpoint), ("--train", args.train),
+                                                 ("--eval", args.eval)) if not p.exists()]
+    if missing:
+        print(f"finetune.py: not found: {'; '.join(missing)}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        dev = select_device(args.device)
+    except InputError as exc:
+        print(f"finetune.py: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t = time.perf_counter()
-    train_ds = open_dataset(SHARED / "cifar10-jpeg" / "train.zip", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                            limit=args.train_samples, seed=0, train_augment=True)
-    evals = tensors(SHARED / "cifar10-jpeg" / "test.zip", args.eval_samples, 0, args.cache)
-    calib = tensors(SHARED / "cifar10-jpeg" / "train.zip", args.calib_samples, 1, args.cache)
+    train_ds = open_dataset(args.train, mean=IMAGENET_MEAN, std=IMAGENET_STD, limit=args.train_samples, seed=0,
+                            train_augment=True)
+    evals = tensors(args.eval, args.eval_samples, 0, args.cache)
+    calib = tensors(args.train, args.calib_samples, 1, args.cache)
     print(f"data: train {len(train_ds)}, eval {len(evals)}, calib {len(calib)} ({time.perf_counter() - t:.0f}s)",
           flush=True)
 
-    dense = build_model("cifar_resnet56")
-    dense.load_state_dict(load_state_dict(SHARED / "checkpoints" / "resnet56-4bfd9763.th"))
+    dense = build_model(args.arch)
+    dense.load_state_dict(load_state_dict(args.checkpoint))
     dense.to(dev).eval()
     example = torch.zeros(1, 3, 32, 32, device=dev)
     dense_counts = count_model(dense, example)
-    base = evaluate_top1(dense, evals, device=dev)
+    base = 100 * evaluate_top1(dense, evals, device=dev)  # percent in this bench's tables
     config = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, distill=True)
     calib_loader = DataLoader(calib, batch_size=256)
     print(f"checkpoint top-1 {base:.2f}%; recipe {config}", flush=True)
@@ -134,17 +165,17 @@ def main() -> None:
                                 device=dev, allocation=args.allocation,
                                 compensation_options={"sequential": True} if args.sequential else None)
             prune_s = time.perf_counter() - t0
-            acc0 = evaluate_top1(model, evals, device=dev)
+            acc0 = 100 * evaluate_top1(model, evals, device=dev)  # percent in this bench's tables
             t1 = time.perf_counter()
             finetune(model, train_ds, config, teacher=dense, device=dev)
         train_s = time.perf_counter() - t1
-        acc1 = evaluate_top1(model, evals, device=dev)
+        acc1 = 100 * evaluate_top1(model, evals, device=dev)  # percent in this bench's tables
         rows.append(row(name, model, dense_counts, example, acc0, acc1, prune_s, train_s))
         print(json.dumps(rows[-1]), flush=True)
 
     dense_row = next((r for r in rows if r["method"] == "dense"), None)
     pruned = [r for r in rows if r["method"] != "dense"]
-    print(f"\nResNet-56, {args.target:.0%} FLOPs target, {args.epochs} epoch(s) fine-tuning on "
+    print(f"\n{args.arch}, {args.target:.0%} FLOPs target, {args.epochs} epoch(s) fine-tuning on "
           f"{len(train_ds)} train images, top-1 on {len(evals)} test images (checkpoint {base:.2f}%), {dev}")
     print("| method | FLOPs removed | params removed | top-1 before FT | top-1 after FT | prune s | FT s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

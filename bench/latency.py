@@ -20,6 +20,11 @@ Usage::
     python bench/latency.py --out bench_latency.json                   # full run (slow for resnet50 b32)
     python bench/latency.py --quick --out bench_latency.json           # fewer repeats
     python bench/latency.py --archs cifar_resnet56 --batches 1 --channels-last --out r56.json
+    python bench/latency.py --device cuda --modes fp32 bf16-compile --out gpu.json   # deployment modes
+
+``--modes``: ``fp32`` (eager, float32: the default) and ``bf16-compile`` (weights and input in bfloat16, the
+model through ``torch.compile``; compile time is spent in the warm-up, not timed). ``--device cuda`` on a
+machine without CUDA fails with one line (exit code 2).
 
 Prints a markdown table and writes ``{"config": ..., "rows": [...]}`` to ``--out``.
 """
@@ -240,17 +245,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if "simprune" in args.methods and "simprune" not in methods:
         log("simprune.prune is not available: measuring Torch-Pruning only")
     round_tos = [None if r in ("none", "None", "0") else int(r) for r in args.round_to]
-    formats = ["contiguous", "channels_last"] if args.channels_last else ["contiguous"]
+    formats = [(f, mode) for f in (["contiguous", "channels_last"] if args.channels_last else ["contiguous"])
+               for mode in args.modes]
     rows: list[dict[str, Any]] = []
     for arch in args.archs:
         log(f"{arch}: pruning")
         variants, input_size, _ = build_variants(arch, round_tos, methods, args.target, args.method, log)
-        for fmt in formats:
+        for fmt, mode in formats:
             mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-            models = [copy.deepcopy(v.model).to(device, memory_format=mf).eval() for v in variants]
+            models = [deploy(copy.deepcopy(v.model).to(device, memory_format=mf).eval(), mode) for v in variants]
             for batch in args.batches:
                 x = torch.randn(batch, *input_size, device=device).to(memory_format=mf)
-                log(f"{arch} {fmt} batch {batch}: timing {len(models)} models")
+                x = x.to(torch.bfloat16) if mode == "bf16-compile" else x
+                log(f"{arch} {fmt} {mode} batch {batch}: timing {len(models)} models")
                 times = time_round_robin(models, x, args.warmup, args.repeats, args.budget_s, device)
                 dense_ms = statistics.median(times[0]) * 1e3
                 dense_min = min(times[0]) * 1e3
@@ -263,6 +270,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                             "arch": arch,
                             "batch": batch,
                             "memory_format": fmt,
+                            "mode": mode,
                             "variant": v.name,
                             "round_to": v.round_to,
                             "gmacs": round(v.macs / 1e9, 4),
@@ -281,6 +289,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     )
             del models
     return {"config": _config(args, methods), "rows": rows}
+
+
+def deploy(model: nn.Module, mode: str) -> Any:
+    """``model`` as it is deployed in ``mode``: eager float32, or bfloat16 through ``torch.compile``."""
+    if mode == "bf16-compile":
+        return torch.compile(model.to(torch.bfloat16))
+    return model
 
 
 def _iqr(xs: list[float]) -> float:
@@ -317,7 +332,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
         eff = "-" if dense else f"{r['efficiency']:.0%}"
         eff_min = "-" if dense else f"{r['efficiency_min']:.0%}"
         lines.append(
-            f"| {r['arch']} | {r['batch']} | {r['memory_format']} | {r['variant']} | {r['round_to'] or '-'} "
+            f"| {r['arch']} | {r['batch']} | {r['memory_format']}"
+            f"{'' if r.get('mode', 'fp32') == 'fp32' else ' ' + r['mode']} | {r['variant']} | {r['round_to'] or '-'} "
             f"| {r['gmacs']:.3f} | {r['flops_ratio']:.2f} "
             f"| {r['latency_ms']:.2f} ({r['latency_iqr_ms']:.2f}) "
             f"| {r['latency_min_ms']:.2f} | {r['speedup']:.2f} | {eff} | {eff_min} |"
@@ -343,7 +359,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method", default="l1", help="simprune criterion")
     p.add_argument("--target", type=float, default=0.5, help="target FLOPs reduction (0.5 = half the FLOPs)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (fixed for the whole run)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--modes", nargs="+", default=["fp32"], choices=["fp32", "bf16-compile"],
+                   help="deployment modes timed (fp32 eager; bf16 weights through torch.compile)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=30, help="max timed rounds per (arch, batch)")
     p.add_argument("--budget-s", type=float, default=60.0, help="time budget per (arch, batch, format) cell")
@@ -356,6 +374,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup, args.repeats, args.budget_s = 2, min(args.repeats, 7), min(args.budget_s, 20.0)
     if not 0.0 < args.target < 1.0 or math.isnan(args.target):
         p.error("--target must be in (0, 1)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.exit(2, f"latency.py: --device {args.device}: CUDA is not available on this machine; use --device cpu\n")
     return args
 
 

@@ -1,15 +1,18 @@
-# simprune worker image: one Celery worker (solo pool, one job at a time; run one container per GPU).
+# simprune worker image: one supervised Celery worker per visible GPU (solo pool, one job at a time each;
+# SIMPRUNE_WORKER_GPUS=all, i.e. `simprune worker --gpus all`).
 # GPU (default): CUDA runtime base + CUDA torch wheels.
 #   docker build -f docker/worker.Dockerfile -t simprune-worker .
-# CPU variant:
+# CPU variant (one CPU worker):
 #   docker build -f docker/worker.Dockerfile --build-arg BASE_IMAGE=python:3.11-slim-bookworm \
-#       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu -t simprune-worker:cpu .
+#       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu --build-arg WORKER_GPUS=none \
+#       -t simprune-worker:cpu .
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ARG WORKER_GPUS=all
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -19,7 +22,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     SIMPRUNE_DATA_DIR=/data \
-    SIMPRUNE_LOG_FORMAT=json
+    SIMPRUNE_LOG_FORMAT=json \
+    SIMPRUNE_WORKER_GPUS=${WORKER_GPUS}
 
 # the CUDA base has no Python; the python:* CPU base already has one
 # hadolint ignore=DL3008

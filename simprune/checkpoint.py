@@ -56,6 +56,8 @@ FORMAT_TORCH_LEGACY = "torch-legacy"
 FORMAT_TORCHSCRIPT = "torchscript"
 FORMAT_TORCH_EXPORT = "torch-export"
 FORMAT_UNKNOWN = "unknown"
+FORMAT_ONNX = "onnx"
+"""An ONNX model (``.onnx``): not a weights file; :mod:`simprune.onnx_import` checks and converts it."""
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _UNSAFE_PICKLE_RE = re.compile(
@@ -117,7 +119,7 @@ def _zip_kind_from_names(names: list[str]) -> str:
 def checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """``{'sha256', 'size', 'format'}`` for a checkpoint file, without loading it.
 
-    ``format`` is one of safetensors, torch-zip, torch-legacy, torchscript, torch-export, unknown.
+    ``format`` is one of safetensors, torch-zip, torch-legacy, torchscript, torch-export, onnx, unknown.
     """
     p = Path(path)
     if not p.is_file():
@@ -129,6 +131,8 @@ def checkpoint_meta(path: str | Path) -> dict[str, Any]:
     try:
         if p.suffix.lower() == ".pt2":
             fmt = FORMAT_TORCH_EXPORT
+        elif p.suffix.lower() == ".onnx":
+            fmt = FORMAT_ONNX
         else:
             with open(p, "rb") as f:
                 fmt = _sniff(f, p.name)
@@ -169,6 +173,9 @@ def load_state_dict(
             obj: Any = _torch_load(f, p.name)
     if fmt == FORMAT_SAFETENSORS:
         obj = _load_safetensors(p)
+    elif p.suffix.lower() == ".onnx":
+        raise InputError(f"{p.name} is an ONNX model, not a weights file: give it without an architecture "
+                         "(CLI: simprune prune --weights model.onnx, no --arch; API: upload it with no 'arch')")
     elif fmt not in (FORMAT_TORCH_ZIP, FORMAT_TORCH_LEGACY):
         raise InputError(
             f"{p.name} is not a recognised checkpoint (neither safetensors nor a torch.save file); {EXPECTED}"
@@ -209,6 +216,14 @@ def _torch_load(f: BinaryIO, name: str) -> Any:
             raise UnsafeInputError(
                 "refused: the file contains pickled objects other than tensors; only weights are accepted"
                 f"{detail}. Re-save with torch.save(model.state_dict(), path) or as safetensors."
+            ) from None
+        if "Unsupported operand" in msg:  # a raw pickle (protocol >= 4 opcodes), not a torch.save file
+            f.seek(0)
+            head = f.read(2)
+            proto = f" (protocol {head[1]})" if len(head) == 2 and head[0] == 0x80 else ""
+            raise UnsafeInputError(
+                f"refused: {name} is a raw pickle{proto}, not a torch.save checkpoint; unpickling arbitrary data "
+                "can execute code, so it is not loaded. Save torch.save(model.state_dict(), path) or .safetensors."
             ) from None
         raise InputError(f"{name} is corrupt or truncated: cannot unpickle it") from None
     except (

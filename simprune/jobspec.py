@@ -102,6 +102,10 @@ class JobSpec(_Strict):
         default_factory=lambda: list(EXPORT_FORMATS), max_length=3, description="Export formats to write.")
     finetune: FinetuneSpec | None = Field(
         default=None, description="Fine-tune after pruning (or train, for dcff/ssc); needs training data.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the job runs: auto (the worker's device; training jobs go to GPU "
+                                    "workers when any is alive), cpu, or cuda (a GPU worker; refused when none is "
+                                    "alive). The report records the device used.")
 
     @field_validator("method")
     @classmethod

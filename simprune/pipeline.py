@@ -14,15 +14,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from simprune.jobspec import JobSpec
+
+_T = TypeVar("_T")
 
 ProgressFn = Callable[[str, float], None]
 """``progress(stage, fraction)``: stage name and overall progress in [0, 1]."""
 DetailFn = Callable[[str, dict[str, Any]], None]
 """``detail(stage, info)``: training progress (``epoch``, ``epochs``, ``step``, ``steps``, ``eta_s``, ``loss``,
-and after each epoch its record: ``train_loss``, ``top1`` (a fraction), ``seconds``)."""
+and after each epoch its record: ``train_loss``, ``top1`` (a fraction), ``seconds``); in the other stages counts
+``what``, ``done``, ``total`` (evaluation batches, groups scored, sensitivity probes, groups selected or pruned
+sequentially, exports; ``step`` names the sub-step) with ``eta_s`` once the pace is known."""
 
 # Share of the overall progress bar each stage covers (the rest is fine-tuning when asked).
 _STAGES = {"load": (0.0, 0.03), "eval_before": (0.03, 0.15), "prune": (0.15, 0.55),
@@ -51,13 +55,26 @@ class PruneJob:
     input_size: tuple[int, ...] | None = None
     device: str = "auto"
     checkpoint_dir: Path | None = None
+    runner: dict[str, Any] | None = None  # who runs the job (the service's worker: id, name), for the report
 
     @classmethod
     def build(cls, **fields: Any) -> PruneJob:
         """A job from keyword fields: :class:`JobSpec` fields form the (validated) spec, the rest are files
-        and overrides. Raises :class:`pydantic.ValidationError` for an invalid spec."""
+        and overrides. ``device`` is the spec's (auto, cpu, cuda) or, naming one device (``cuda:1``, ``mps``),
+        the runner's. Raises :class:`pydantic.ValidationError` for an invalid spec."""
+        if str(fields.get("device", "auto")).strip().lower() not in ("auto", "cpu", "cuda"):
+            fields["runner_device"] = fields.pop("device")
+        runner_device = fields.pop("runner_device", "auto")
         spec_fields = {k: fields.pop(k) for k in list(fields) if k in JobSpec.model_fields}
-        return cls(spec=JobSpec.model_validate(spec_fields), **fields)
+        return cls(spec=JobSpec.model_validate(spec_fields), device=runner_device, **fields)
+
+    def check(self) -> None:
+        """The spec's data requirements against the files given (InputError naming each problem)."""
+        from simprune.errors import InputError
+
+        errors = self.spec.data_errors(self.calib is not None, self.train is not None)
+        if errors:
+            raise InputError("; ".join(f"{name}: {msg}" for name, msg in errors))
 
 
 @dataclass
@@ -93,17 +110,21 @@ def run_prune_job(
     """
     from simprune.methods import get_method
 
-    run = _JobRun(job, Path(out_dir), progress, should_cancel, detail)
     method = get_method(job.spec.method, **job.spec.options)
-    run.check_data()
+    job.check()
+    run = _JobRun(job, Path(out_dir), progress, should_cancel, detail)
     loaded = run.load()
     acc_before = run.evaluate("eval_before", loaded, loaded.model)
     run.checkpoint("pruning")
     run.at("prune")
-    result = method.run(run.context(loaded))
+    if method.trains:  # the method trains while it prunes: an out-of-memory retry reruns it from the dense model
+        result = run.oom_retry("training", lambda: method.run(run.context(loaded)), loaded.model)
+    else:
+        result = method.run(run.context(loaded))
     run.timings.update(result.timings)
     if not method.trains and job.spec.finetune is not None:
-        result.report["finetune"] = run.finetune(result.model, loaded)
+        result.report["finetune"] = run.oom_retry("fine-tuning", lambda: run.finetune(result.model, loaded),
+                                                  result.model)
     acc_after = run.evaluate("eval_after", loaded, result.model)
     exports = run.export(result, loaded)
     return run.write_report(result, loaded, exports, acc_before, acc_after)
@@ -120,11 +141,27 @@ class _JobRun:
         self.cancel_fn, self.detail = should_cancel, detail
         self.t0 = time.perf_counter()
         self.timings: dict[str, float] = {}
+        self.oom_retries: list[dict[str, Any]] = []
+        self._count_start: dict[str, tuple[float, int]] = {}
 
     def at(self, stage: str, frac: float = 0.0, label: str | None = None) -> None:
         """Report progress ``frac`` within ``stage``'s share of the job (shown as ``label`` if given)."""
         lo, hi = _STAGES[stage]
         self.notify(label or stage, lo + (hi - lo) * min(max(frac, 0.0), 1.0))
+
+    def count(self, phase: str, info: dict[str, Any]) -> None:
+        """Forward a stage's counts (``what``, ``done`` of ``total``) as detail, with ``eta_s`` from the pace
+        since the first count of that kind."""
+        if self.detail is None:
+            return
+        done, total = info.get("done"), info.get("total")
+        out = dict(info)
+        if isinstance(done, int) and isinstance(total, int):
+            now = time.perf_counter()
+            t0, d0 = self._count_start.setdefault(f"{phase}:{info.get('what')}", (now, done))
+            if done > d0:
+                out["eta_s"] = round((now - t0) / (done - d0) * max(total - done, 0), 1)
+        self.detail(phase, out)
 
     def should_cancel(self) -> bool:
         return bool(self.cancel_fn and self.cancel_fn())
@@ -135,14 +172,6 @@ class _JobRun:
 
         if self.should_cancel():
             raise JobCancelled(f"cancelled before {stage}")
-
-    def check_data(self) -> None:
-        """The spec's data requirements against the files given (InputError naming the first problem)."""
-        from simprune.errors import InputError
-
-        errors = self.spec.data_errors(self.job.calib is not None, self.job.train is not None)
-        if errors:
-            raise InputError("; ".join(f"{name}: {msg}" for name, msg in errors))
 
     def load(self) -> _Loaded:
         """Build the dense model from the checkpoint and open the calibration and evaluation data."""
@@ -157,13 +186,19 @@ class _JobRun:
         torch.manual_seed(self.spec.seed)
         self.at("load")
         t = time.perf_counter()
-        try:
-            info = get_arch(job.arch)
-        except KeyError as exc:
-            raise InputError(str(exc.args[0])) from None
-        device = select_device(job.device)
-        state = load_state_dict(job.weights)
-        model = build_for_state_dict(job.arch, state, num_classes=job.num_classes, in_channels=job.in_channels)
+        device = select_device(job_device(self.spec.device, job.device))
+        if Path(job.weights).suffix.lower() == ".onnx":  # checked, converted, registered as arch onnx/<sha256>
+            from simprune.onnx_import import register_onnx
+
+            info = register_onnx(job.weights)
+            job.arch, model = info.name, info.builder(num_classes=job.num_classes, in_channels=job.in_channels)
+        else:
+            try:
+                info = get_arch(job.arch)
+            except KeyError as exc:
+                raise InputError(str(exc.args[0])) from None
+            state = load_state_dict(job.weights)
+            model = build_for_state_dict(job.arch, state, num_classes=job.num_classes, in_channels=job.in_channels)
         in_channels = job.in_channels or info.in_channels
         input_size = tuple(job.input_size or (in_channels, *info.input_size[1:]))
         mean, std = tuple(job.mean or info.mean), tuple(job.std or info.std)
@@ -197,8 +232,12 @@ class _JobRun:
         self.checkpoint("evaluation")
         self.at(stage)
         start = time.perf_counter()
-        top1 = evaluate(net, loaded.evals, loaded.device,
-                        lambda done, total: self.at(stage, done / total if total else 0.0), self.should_cancel)["top1"]
+        def batches(done: int, total: int | None) -> None:
+            self.at(stage, done / total if total else 0.0)
+            if total:
+                self.count(stage, {"what": "batches", "done": done, "total": total})
+
+        top1 = evaluate(net, loaded.evals, loaded.device, batches, self.should_cancel)["top1"]
         self.timings[stage] = round(time.perf_counter() - start, 4)
         return top1
 
@@ -224,7 +263,8 @@ class _JobRun:
                      target_flops_reduction=spec.target_flops_reduction, pruning_ratio=spec.pruning_ratio,
                      calib=loaded.calib, allocation=spec.allocation, round_to=spec.round_to,
                      compensation=spec.compensation_switches(), device=loaded.device,
-                     progress=lambda stage, frac: self.at("prune", frac), should_cancel=self.should_cancel)
+                     progress=lambda stage, frac: self.at("prune", frac), should_cancel=self.should_cancel,
+                     detail=lambda stage, info: self.count("prune", {"step": stage, **info}))
 
     def plan(self, report: dict[str, Any], loaded: _Loaded) -> dict[str, Any]:
         """The standard channel plan (``plan.json``) of a pruning report."""
@@ -273,6 +313,44 @@ class _JobRun:
         return {"history": result.history, "best_epoch": result.best_epoch, "best_top1": result.best_top1,
                 "resumed_from": result.resumed_from, "config": self.spec.finetune.config().model_dump()}
 
+    def oom_retry(self, what: str, phase: Callable[[], _T], model: Any) -> _T:
+        """Run a training phase; when CUDA runs out of memory, free it, halve ``finetune.batch_size``, put
+        ``model``'s weights back as they were and rerun the phase once (from scratch: its checkpoints are for the
+        old batch size). A second out-of-memory fails with :class:`InputError` naming both batch sizes."""
+        import torch
+
+        from simprune.errors import InputError
+
+        ft = self.spec.finetune
+        if ft is None:
+            return phase()
+        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        first = ft.batch_size
+        try:
+            return phase()
+        except torch.cuda.OutOfMemoryError as exc:
+            error = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+        # outside the except block: the traceback's frames (and their tensors) are gone before the retry
+        free_cuda_memory()
+        if first < 2:
+            raise InputError(f"out of GPU memory while {what} with batch size 1: the model does not fit ({error})")
+        ft.batch_size = first // 2
+        self.oom_retries.append({"phase": what, "batch_size": first, "retry_batch_size": ft.batch_size,
+                                 "error": error})
+        try:
+            model.load_state_dict(snapshot)
+        except RuntimeError:  # the phase changed the model's shapes in place: it cannot be rerun
+            raise InputError(f"out of GPU memory while {what} with batch size {first} ({error}); lower "
+                             "finetune.batch_size") from None
+        shutil.rmtree(self.job.checkpoint_dir or self.out_dir / "finetune_ckpt", ignore_errors=True)
+        try:
+            return phase()
+        except torch.cuda.OutOfMemoryError:
+            pass
+        free_cuda_memory()
+        raise InputError(f"out of GPU memory while {what}, also after retrying with half the batch size "
+                         f"({first} -> {ft.batch_size}); lower finetune.batch_size or use a larger GPU")
+
     def export(self, result: Any, loaded: _Loaded) -> list[dict[str, Any]]:
         """Write and verify every requested export format."""
         from simprune.export import export_all
@@ -283,12 +361,22 @@ class _JobRun:
         exports = export_all(
             result.model.cpu(), loaded.example, self.out_dir, formats=tuple(self.spec.exports),
             plan=result.plan if result.plan is not None else self.plan(result.report, loaded),
-            rebuild=result.rebuild or _rebuild_plan, progress=lambda step, frac: self.at("export", frac),
+            rebuild=result.rebuild or _rebuild_plan, progress=self.export_progress,
         )
         self.timings["export"] = round(time.perf_counter() - t, 4)
         if self.job.checkpoint_dir is None:  # the default checkpoint directory is not an artifact
             shutil.rmtree(self.out_dir / "finetune_ckpt", ignore_errors=True)
         return exports
+
+    def export_progress(self, step: str, frac: float) -> None:
+        """Progress through the exports (``step`` is ``export:FMT``, ``verify:FMT`` or ``done:FMT``): export i of
+        n in the detail."""
+        self.at("export", frac)
+        formats = list(dict.fromkeys(self.spec.exports))
+        kind, _, fmt = step.partition(":")
+        if fmt in formats:
+            done = formats.index(fmt) + (1 if kind == "done" else 0)
+            self.count("export", {"what": "exports", "step": step, "done": done, "total": len(formats)})
 
     def write_report(self, result: Any, loaded: _Loaded, exports: list[dict[str, Any]], acc_before: float | None,
                      acc_after: float | None) -> dict[str, Any]:
@@ -301,7 +389,9 @@ class _JobRun:
         finetune_report = report.pop("finetune", None)
         full = {
             "arch": self.job.arch, "num_classes": loaded.num_classes, "input_size": list(loaded.input_size),
-            "device": str(loaded.device), "accuracy_before": acc_before, "accuracy_after": acc_after,
+            "device": str(loaded.device), "device_requested": self.spec.device, "oom_retries": self.oom_retries,
+            "worker": self.job.runner,
+            "accuracy_before": acc_before, "accuracy_after": acc_after,
             "accuracy_drop": (acc_before - acc_after) if acc_before is not None and acc_after is not None else None,
             "eval_samples": len(loaded.evals.dataset) if loaded.evals is not None else None,
             "calib_samples": len(loaded.calib.dataset) if loaded.calib is not None else None,
@@ -317,6 +407,28 @@ class _JobRun:
         write_html_report({**full, "layers": full["per_layer"]}, plots, self.out_dir / "report.html")
         self.at("report", 1.0)
         return full
+
+
+def job_device(requested: str, runner: str) -> str:
+    """The device a job runs on: the spec's ``device`` (auto | cpu | cuda) on a runner whose own device is
+    ``runner`` (the worker's ``SIMPRUNE_DEVICE`` or the CLI's ``--device``): auto follows the runner, cpu is
+    cpu, cuda is the runner's CUDA device when it names one, else ``cuda``."""
+    if requested == "auto":
+        return runner
+    if requested == "cuda":
+        return runner if runner.strip().lower().startswith("cuda") else "cuda"
+    return requested
+
+
+def free_cuda_memory() -> None:
+    """Collect garbage and return cached CUDA blocks to the driver (nothing to do without CUDA in use)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _versions() -> dict[str, str]:

@@ -27,7 +27,7 @@ def make_plan(
     std: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """The plan document for a pruning ``report`` (kept output-channel indices per pruned layer, in order)."""
-    return {
+    plan = {
         "format": PLAN_FORMAT,
         "arch": arch,
         "options": {"num_classes": num_classes, "in_channels": in_channels},
@@ -38,22 +38,39 @@ def make_plan(
         "method_options": report.get("method_options", {}),
         "layers": report["plan"]["layers"],
     }
+    if arch and arch.startswith("onnx/"):  # the dense model is the original ONNX file, identified by its hash
+        from simprune.onnx_import import source_for
+
+        src = source_for(arch)
+        if src is not None:
+            plan["source"] = {"format": "onnx", "sha256": src.sha256, "file": src.path.name}
+    return plan
 
 
 def load_pruned(
     plan: str | Path | dict[str, Any],
     weights: str | Path | dict[str, torch.Tensor],
     model: nn.Module | None = None,
+    onnx: str | Path | None = None,
 ) -> nn.Module:
     """Rebuild the exact pruned model from ``plan`` and ``weights.safetensors``.
 
     The architecture comes from the zoo by the plan's ``arch`` name, or pass a freshly built dense ``model``
-    (for models outside the zoo). Weights load strictly.
+    (for models outside the zoo), or for a plan made from an ONNX model the original ``onnx`` file (checked
+    against the plan's sha256). Weights load strictly.
     """
     if not isinstance(plan, dict):
         plan = json.loads(Path(plan).read_text())
     if plan.get("format") != PLAN_FORMAT:
         raise InputError(f"not a simprune plan (format {plan.get('format')!r}, expected {PLAN_FORMAT!r})")
+    if model is None and onnx is not None:
+        from simprune.onnx_import import load_onnx
+
+        src = load_onnx(onnx, check_fidelity=False)
+        want = (plan.get("source") or {}).get("sha256")
+        if want and want != src.sha256:
+            raise InputError(f"{Path(onnx).name} is not the ONNX file this plan was made from (sha256 differs)")
+        model = src.module
     if model is None:
         if not plan.get("arch"):
             raise InputError("the plan names no zoo architecture; pass the dense model to rebuild from")

@@ -380,3 +380,11 @@ def test_shared_resnet56_checkpoint_loads() -> None:
     meta = checkpoint_meta(path)
     assert meta["format"] == "torch-legacy"
     assert meta["sha256"].startswith("4bfd9763")
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_raw_pickle_is_called_unsafe_not_corrupt(tmp_path: Path, protocol: int) -> None:
+    path = tmp_path / "raw.pt"
+    path.write_bytes(pickle.dumps({"w": torch.zeros(2)}, protocol=protocol))
+    with pytest.raises(UnsafeInputError, match=f"raw pickle \\(protocol {protocol}\\)"):
+        load_state_dict(path)

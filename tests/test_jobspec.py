@@ -85,3 +85,15 @@ def test_cli_refuses_invalid_jobs_before_running(checkpoint: Path, tmp_path: Pat
     assert res.exit_code == 2, res.output
     assert "invalid job" in res.output and needle in res.output and "Traceback" not in res.output
     assert not out.exists()  # refused before anything ran
+
+
+def test_submit_with_a_bad_ratio_is_a_clear_cli_error(checkpoint: Path) -> None:
+    import typer
+
+    from simprune.cli import remote
+
+    app = typer.Typer()
+    remote.register(app)
+    res = CliRunner().invoke(app, ["submit", str(checkpoint), "--arch", "cifar_resnet20", "--method", "l1",
+                                   "--pruning-ratio", "abc"])
+    assert res.exit_code == 2 and "--pruning-ratio" in res.output and "Traceback" not in res.output

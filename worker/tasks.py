@@ -138,20 +138,23 @@ class Reporter:
         now = time.monotonic()
         if stage == self._last_stage and now - self._last_write < self.settings.progress_interval_s:
             return
-        if stage != self._last_stage:
+        changed = stage != self._last_stage
+        if changed:
             self.end_stage()
             log.info("job %s: stage %s", self.job_id, stage, extra={"stage": stage})
         self._last_stage, self._last_write = stage, now
-        frac = min(max(float(fraction), 0.0), 1.0)
+        values: dict[str, Any] = {"stage": stage, "progress": min(max(float(fraction), 0.0), 1.0),
+                                  "heartbeat_at": utcnow()}
+        if changed:  # the previous stage's detail no longer describes what runs
+            values["progress_detail"] = None
         with session_scope(self.settings.database_url) as s:
-            s.execute(update(Job).where(_mine(self.job_id, self.attempt))
-                      .values(stage=stage, progress=frac, heartbeat_at=utcnow()))
+            s.execute(update(Job).where(_mine(self.job_id, self.attempt)).values(**values))
 
     def detail(self, phase: str, info: dict[str, Any]) -> None:
         """Store training detail (epoch, step, ETA, loss...) for the API: at most every progress_interval_s,
-        always at an epoch's end (``top1`` or ``seconds`` present)."""
+        always at an epoch's end (``seconds`` present) and when a count completes (``done == total``)."""
         now = time.monotonic()
-        epoch_end = "seconds" in info
+        epoch_end = "seconds" in info or ("done" in info and info.get("done") == info.get("total"))
         if not epoch_end and now - self._last_detail < self.settings.progress_interval_s:
             return
         self._last_detail = now
@@ -222,6 +225,7 @@ def _build_job(settings: Settings, storage: Storage, job: Job, scratch: Path) ->
         device=settings.device,
         # outside out_dir (not an artifact) and stable across attempts: a re-run after a dead worker resumes
         checkpoint_dir=finetune_checkpoint_dir(settings, job.id) if spec.finetune is not None else None,
+        runner={"id": worker_id(), "name": _worker_name()},
     )
 
 
@@ -280,12 +284,40 @@ def execute_job(job_id: str, settings: Settings | None = None) -> str:
         if attempt is None:
             log.info("job %s is not claimable (already taken, finished or cancelled); skipping", job_id)
             return "skipped"
-        with Heartbeat(settings, job_id, attempt):
-            status = _execute(settings, job_id, attempt)
+        try:
+            with Heartbeat(settings, job_id, attempt):
+                status = _execute(settings, job_id, attempt)
+        finally:
+            _after_job(job_id)
         metrics.JOBS_FINISHED.labels(status=status).inc()
         return status
     finally:
         current_job.reset(token)
+
+
+def _after_job(job_id: str) -> None:
+    """Free the GPU memory the job left (gc + ``torch.cuda.empty_cache``) and record it in the registry."""
+    from worker.celery_app import registration
+    from worker.registry import release_gpu_memory
+
+    memory = release_gpu_memory()
+    if memory["before"] is not None:
+        log.info("job %s: GPU memory released: %s -> %s", job_id, memory["before"], memory["after"])
+        metrics.observe_gpu_memory(memory["after"])
+    reg = registration()
+    if reg is not None:
+        try:
+            reg.job_done(memory)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only
+            log.warning("could not record job %s in the worker registry: %s", job_id, exc)
+
+
+def _worker_name() -> str | None:
+    """This worker's Celery node name (e.g. ``gpu0@host``), once registered."""
+    from worker.celery_app import registration
+
+    reg = registration()
+    return reg.name if reg is not None else None
 
 
 def finetune_checkpoint_dir(settings: Settings, job_id: str) -> Path:
@@ -345,6 +377,11 @@ def _run_attempt(settings: Settings, job_id: str, attempt: int) -> str:
         log.error("job %s: failed: %s", job_id, exc)
         return "failed"
     except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError outside a training phase
+            msg = f"out of GPU memory: {str(exc).splitlines()[0] if str(exc) else exc!r}; lower batch_size"
+            _finish(settings, job_id, attempt, status="failed", error=msg)
+            log.error("job %s: failed: %s", job_id, msg)
+            return "failed"
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
         _finish(settings, job_id, attempt, status="failed", error=f"internal error: {type(exc).__name__}: {exc}")
         return "failed"

@@ -18,13 +18,22 @@ def encode_cursor(created_at: datetime, row_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+MAX_CURSOR_CHARS = 256
+"""Cursors this API writes are about 100 characters; anything much longer is not one of them."""
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Inverse of :func:`encode_cursor`; a 400 problem for anything malformed."""
+    """Inverse of :func:`encode_cursor`; a 400 problem for anything malformed (too long, not base64, not a
+    ``[timestamp, id]`` pair; never parsed deeper than that)."""
     try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        ts, row_id = json.loads(raw)
-        return datetime.fromisoformat(ts), str(row_id)
-    except (ValueError, TypeError):
+        pair = json.loads(raw)
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise ValueError("not a cursor")
+        return datetime.fromisoformat(pair[0]), pair[1][:64]
+    except (ValueError, TypeError, RecursionError):
         raise Problem(400, "invalid cursor", "invalid-cursor") from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -39,6 +40,34 @@ class Problem(HTTPException):
         self.extra = extra
 
 
+MAX_DETAIL_CHARS = 1000
+"""Problem details are cut to this length: a client's oversized input is never echoed back whole."""
+MAX_ERRORS = 20
+
+
+def clean_text(request: Request, text: str, limit: int) -> str:
+    """``text`` without the server's file paths (anything under DATA_DIR, e.g. an upload's temp file, becomes
+    ``<server file>``), cut to ``limit`` characters."""
+    settings = getattr(request.app.state, "settings", None) if "app" in request.scope else None
+    if settings is not None:
+        root = str(settings.data_dir)
+        if root in text:
+            text = re.sub(re.escape(root) + r"[^\s'\",;:)]*", "<server file>", text)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+def _clean_error(request: Request, error: Any) -> Any:
+    if not isinstance(error, dict):
+        return error
+    out = dict(error)
+    if isinstance(out.get("msg"), str):
+        out["msg"] = clean_text(request, out["msg"], 300)
+    if isinstance(out.get("loc"), list):
+        out["loc"] = [x[:100] if isinstance(x, str) else x for x in out["loc"][:16]]
+    out.pop("input", None)
+    return out
+
+
 def problem_response(
     request: Request,
     status: int,
@@ -53,10 +82,13 @@ def problem_response(
         "type": PROBLEM_BASE + type_ if type_ else "about:blank",
         "title": title or HTTPStatus(status).phrase,
         "status": status,
-        "detail": detail if isinstance(detail, str) else str(detail),
-        "instance": request.url.path,
+        "detail": clean_text(request, detail if isinstance(detail, str) else str(detail), MAX_DETAIL_CHARS),
+        "instance": request.url.path[:MAX_DETAIL_CHARS],
     }
-    body.update(jsonable_encoder(extra))
+    extra = jsonable_encoder(extra)
+    if isinstance(extra.get("errors"), list):
+        extra["errors"] = [_clean_error(request, e) for e in extra["errors"][:MAX_ERRORS]]
+    body.update(extra)
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 

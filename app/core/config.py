@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,9 @@ class Settings(BaseSettings):
     queue: str = Field(default="prune", description="Celery queue the jobs go to.")
     auth_enabled: bool = Field(default=True, description="Require `Authorization: Bearer <key>`.")
     default_tenant: str = Field(default="default", description="Tenant used when auth is disabled.")
+    auth_cache_s: float = Field(default=5.0, ge=0, description=(
+        "Seconds an API replica trusts a key it verified (saves a database query per request); a revoked key "
+        "is refused at most this long after `simprune keys revoke`. 0: check every request."))
 
     max_checkpoint_bytes: int = Field(default=512 * MiB, gt=0)
     max_dataset_bytes: int = Field(default=2048 * MiB, gt=0)
@@ -63,10 +67,48 @@ class Settings(BaseSettings):
     rate_limit_redis_url: str = Field(
         default="", description="Share the buckets between API replicas; default: the broker when it is Redis.")
 
+    read_rate_per_min: float = Field(default=1200.0, gt=0,
+                                     description="Sustained read requests (GET) per minute per tenant.")
+    read_burst: int = Field(default=200, ge=1, description="Read requests a tenant may send at once.")
+    max_event_streams_per_tenant: int = Field(default=8, ge=1,
+                                              description="Concurrent /events streams per tenant (429 beyond).")
+
+    max_json_body_bytes: int = Field(default=256 * 1024, gt=0, description="Max size of a JSON request body.")
+    max_json_depth: int = Field(default=16, ge=2, le=64, description="Max nesting of arrays/objects in JSON.")
+    max_json_string_chars: int = Field(default=4096, ge=64, description="Max length of one JSON string.")
+    max_json_object_keys: int = Field(default=64, ge=8, description="Max members of one JSON object.")
+    max_json_items: int = Field(default=10_000, ge=100, description="Max values in one JSON document.")
+
+    inspect_in_subprocess: bool = Field(default=True, description=(
+        "Inspect uploaded checkpoints (load, build, one forward pass) in a separate process with a time and "
+        "memory limit, never in the API process."))
+    inspect_timeout_s: float = Field(default=60.0, gt=0, description="Time limit of one checkpoint inspection.")
+    inspect_memory_bytes: int = Field(default=4096 * MiB, ge=256 * MiB,
+                                      description="Address space the inspection process may add.")
+    max_input_scale: float = Field(default=4.0, ge=1.0, description=(
+        "A model's input_size may exceed its architecture's input size by at most this factor per side."))
+
+    public_url: str = Field(default="", description=(
+        "Base URL clients reach the API at (e.g. https://prune.example.com); Location headers and artifact "
+        "URLs are built from it, never from the Host header. Empty: those links are relative paths."))
+    metrics_token: str = Field(default="", description="When set, /metrics requires `Authorization: Bearer <it>`.")
+    artifact_ttl_days: float = Field(default=0.0, ge=0, description=(
+        "Delete a finished job's artifacts this many days after it finished (0: keep them forever)."))
+    tenant_quota_bytes: int = Field(default=0, ge=0, description=(
+        "Per-tenant storage quota over models, datasets and artifacts (0: unlimited)."))
+
     log_format: Literal["json", "text"] = Field(default="json", description="Worker log format.")
     worker_metrics_port: int = Field(default=0, ge=0, le=65535,
                                      description="Serve the worker's Prometheus metrics on this port (0: off).")
     device: str = Field(default="auto", description="Device the worker prunes on: auto, cpu, cuda, cuda:N.")
+    worker_kind: Literal["auto", "gpu", "cpu"] = Field(
+        default="auto", description="Capability a worker registers with (auto: gpu when CUDA is visible).")
+    worker_heartbeat_interval_s: float = Field(default=10.0, gt=0,
+                                               description="Period of a worker's heartbeat in the workers table.")
+    worker_alive_after_s: float = Field(default=45.0, gt=0,
+                                        description="A worker whose heartbeat is older than this is not alive.")
+    fake_gpus: int = Field(default=0, ge=0, le=64, description="Testing: `worker --gpus` pretends this many GPUs "
+                           "exist (CPU workers registered as GPU workers).")
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -75,6 +117,9 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'simprune.db'}"
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        self.public_url = self.public_url.strip().rstrip("/")
+        if self.public_url and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", self.public_url):
+            raise ValueError(f"SIMPRUNE_PUBLIC_URL must be an http(s) URL without query, got {self.public_url!r}")
         if self.storage == "s3" and not self.s3_bucket:
             raise ValueError("SIMPRUNE_STORAGE=s3 needs SIMPRUNE_S3_BUCKET")
         return self

@@ -27,12 +27,61 @@ def list_methods() -> list[dict[str, Any]]:
     return registered()
 
 
+@lru_cache(maxsize=1)
+def _all_architectures() -> tuple[dict[str, Any], ...]:
+    """The zoo plus every ``torchvision/<name>`` and ``timm/<name>`` entry (built lazily, cached)."""
+    from simprune.zoo import list_archs
+
+    return tuple(a.to_dict() for a in list_archs(libraries=True))
+
+
+def search_architectures(search: str | None = None, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+    """A page of the full catalogue (names containing ``search``, case-insensitive): ``{items, total, offset,
+    next_offset}``; ``next_offset`` is None on the last page."""
+    needle = (search or "").strip().lower()
+    rows = [a for a in _all_architectures() if needle in a["name"].lower()] if needle else list(_all_architectures())
+    page = rows[offset:offset + limit]
+    nxt = offset + limit if offset + limit < len(rows) else None
+    return {"items": page, "total": len(rows), "offset": offset, "next_offset": nxt}
+
+
 def arch_info(name: str) -> dict[str, Any]:
-    """The description of architecture ``name``; :class:`InputError` listing the valid names when unknown."""
+    """The description of architecture ``name`` (the zoo, ``torchvision/<name>``, ``timm/<name>``);
+    :class:`InputError` listing the valid names when unknown."""
     archs = {a["name"]: a for a in list_architectures()}
-    if name not in archs:
-        raise InputError(f"unknown architecture '{name}'; choose one of: {', '.join(sorted(archs))}")
-    return archs[name]
+    if name in archs:
+        return archs[name]
+    if name.startswith(("torchvision/", "timm/")):
+        from simprune.zoo import get_arch
+
+        try:
+            return get_arch(name).to_dict()
+        except KeyError as exc:
+            raise InputError(str(exc.args[0])) from None
+    raise InputError(f"unknown architecture '{name}'; choose one of: {', '.join(sorted(archs))}, "
+                     "torchvision/<name>, timm/<name> (GET /v1/architectures?search=...)")
+
+
+def inspect_onnx(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
+    """Check, convert and dry-run an uploaded ``.onnx`` model (no architecture name needed).
+
+    Returns the fields of :func:`inspect_checkpoint` (``arch`` is ``onnx/<sha256 prefix>``) plus ``dry_run``:
+    prunable groups and channels, groups kept whole and why, operators, conversion fidelity. Raises
+    :class:`InputError` / :class:`UnsafeInputError` for refused files and
+    :class:`simprune.onnx_import.UnsupportedModelError` (an InputError naming ``operators``) for a model that
+    cannot be pruned at all.
+    """
+    from simprune.onnx_import import MAX_ONNX_BYTES
+    from simprune.onnx_import import inspect_onnx as inspect
+
+    info = inspect(path, max_bytes=min(max_bytes or MAX_ONNX_BYTES, MAX_ONNX_BYTES))
+    dry_run = {k: info[k] for k in ("prunable_groups", "prunable_channels", "groups", "kept_whole", "operators",
+                                    "unsupported_operators", "opset", "fidelity_max_abs_diff")}
+    return {
+        "arch": info["arch"], "num_classes": info["num_classes"] or 0, "in_channels": info["input_size"][0],
+        "input_size": info["input_size"], "params": info["params"], "flops": info["flops"], "format": "onnx",
+        "dry_run": dry_run,
+    }
 
 
 def inspect_checkpoint(

@@ -60,3 +60,26 @@ def ensure_tenant(session: Session, tenant_id: str, name: str | None = None) -> 
         session.add(tenant)
         session.commit()
     return tenant
+
+
+def list_keys(session: Session, tenant_id: str | None = None, include_revoked: bool = True) -> list[ApiKey]:
+    """Every key (of ``tenant_id`` when given), oldest first; the secrets themselves are never stored."""
+    stmt = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if tenant_id is not None:
+        stmt = stmt.where(ApiKey.tenant_id == tenant_id)
+    if not include_revoked:
+        stmt = stmt.where(ApiKey.revoked_at.is_(None))
+    return list(session.scalars(stmt))
+
+
+def revoke_key(session: Session, ident: str) -> ApiKey | None:
+    """Revoke the key whose id (``key_...``) or public prefix is ``ident`` (a full ``sp_<prefix>_...`` key is
+    accepted too); returns the row (already revoked rows unchanged), None when no key matches."""
+    ident = ident.strip()
+    if ident.startswith(KEY_PREFIX):
+        ident = ident[len(KEY_PREFIX):].partition("_")[0]
+    row = session.get(ApiKey, ident) or session.scalar(select(ApiKey).where(ApiKey.prefix == ident))
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row

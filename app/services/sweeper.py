@@ -8,7 +8,9 @@ row, so any number of sweepers may run at once.
 - a ``running`` job past its time limit (plus a grace period) whose worker stopped checking: failed;
 - a ``queued`` job whose message was sent more than ``requeue_queued_after_s`` ago and that the broker no
   longer holds (Redis: looked up in the queue and the unacked set; other brokers: assumed lost): re-sent. A
-  duplicate message is harmless: the worker's claim is a compare-and-set.
+  duplicate message is harmless: the worker's claim is a compare-and-set;
+- artifacts of a job finished more than ``artifact_ttl_days`` ago, or of a deleted job whose files could not
+  be removed at once, are deleted from storage, then their rows (``jobs.artifacts_expired_at`` records it).
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, exists, or_, select, update
 
 from app.core.celery import enqueue_job
 from app.core.config import Settings
 from app.core.db import session_scope
-from app.models import Job, utcnow
+from app.models import Artifact, Job, utcnow
 from app.storage import Storage, get_storage
 
 log = logging.getLogger("simprune.sweeper")
@@ -38,9 +40,10 @@ class SweepResult:
     resent: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.resent or self.failed or self.cancelled)
+        return bool(self.requeued or self.resent or self.failed or self.cancelled or self.expired)
 
 
 def attempt_prefix(job_id: str, attempt: int) -> str:
@@ -160,6 +163,45 @@ def _resend_lost(settings: Settings, out: SweepResult) -> None:
             log.warning("job %s: queued but not in the broker; message re-sent", job_id, extra={"job_id": job_id})
 
 
+def job_prefix(job_id: str) -> str:
+    """The storage prefix of every attempt's artifacts of a job."""
+    return f"jobs/{job_id}"
+
+
+def remove_artifacts(settings: Settings, storage: Storage, job_id: str, expired: bool = False) -> int:
+    """Delete the job's files (every attempt) from storage, then its artifact rows; returns the files removed.
+
+    Files go first: if storage fails, the rows stay and a later sweep retries (nothing points at missing files
+    but for the job's own 410). With ``expired`` the job records when retention removed them."""
+    removed = storage.delete_prefix(job_prefix(job_id))
+    with session_scope(settings.database_url) as s:
+        s.execute(delete(Artifact).where(Artifact.job_id == job_id))
+        if expired:
+            s.execute(update(Job).where(Job.id == job_id, Job.artifacts_expired_at.is_(None))
+                      .values(artifacts_expired_at=utcnow()))
+    return removed
+
+
+def _expire_artifacts(settings: Settings, storage: Storage, out: SweepResult, batch: int = 200) -> None:
+    has_files = exists().where(Artifact.job_id == Job.id)
+    due = Job.deleted_at.is_not(None)
+    if settings.artifact_ttl_days > 0:
+        cutoff = utcnow() - timedelta(days=settings.artifact_ttl_days)
+        due = or_(due, Job.finished_at < cutoff)
+    with session_scope(settings.database_url) as s:
+        rows = s.execute(select(Job.id, Job.deleted_at).where(due, has_files).limit(batch)).all()
+    for job_id, deleted_at in rows:
+        try:
+            removed = remove_artifacts(settings, storage, job_id, expired=deleted_at is None)
+        except Exception as exc:  # noqa: BLE001 - retried by the next sweep
+            log.warning("could not remove the artifacts of %s: %s", job_id, exc, extra={"job_id": job_id})
+            continue
+        out.expired.append(job_id)
+        log.info("job %s: %d artifact file(s) removed (%s)", job_id, removed,
+                 "job deleted" if deleted_at else f"older than {settings.artifact_ttl_days:g} days",
+                 extra={"job_id": job_id})
+
+
 def sweep(settings: Settings, storage: Storage | None = None) -> SweepResult:
     """One pass of the sweeper (see the module docstring); returns what it changed."""
     out = SweepResult()
@@ -167,4 +209,5 @@ def sweep(settings: Settings, storage: Storage | None = None) -> SweepResult:
     _requeue_stale(settings, storage, out)
     _fail_overdue(settings, out)
     _resend_lost(settings, out)
+    _expire_artifacts(settings, storage, out)
     return out

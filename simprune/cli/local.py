@@ -92,9 +92,13 @@ def _finetune_fields(epochs: int, train_samples: int | None, distill: bool, batc
 
 
 def prune(
-    arch: Annotated[str, typer.Option(help="zoo architecture, see `simprune archs`")],
-    weights: Annotated[Path, typer.Option(help="checkpoint: .safetensors or .pt/.pth/.th (weights only)")],
+    weights: Annotated[Path, typer.Option(help="checkpoint: .safetensors or .pt/.pth/.th (weights only), or an "
+                                               ".onnx model (then no --arch)")],
     out: Annotated[Path, typer.Option(help="output directory")],
+    arch: Annotated[str | None, typer.Option(help="architecture, see `simprune archs` (torchvision/<name>, "
+                                                  "timm/<name>); not for .onnx weights")] = None,
+    input_size: Annotated[str | None, typer.Option(help="input size C,H,W (default: the architecture's or the "
+                                                        "ONNX model's)")] = None,
     method: Annotated[str, typer.Option(help="method, see `simprune methods`")] = "l1",
     target_flops_reduction: Annotated[float | None, typer.Option(help="fraction of FLOPs to remove")] = None,
     pruning_ratio: Annotated[str | None, typer.Option(help="fraction of channels per layer, or 'auto'")] = None,
@@ -133,6 +137,12 @@ def prune(
 
     if not weights.is_file():
         fail(f"checkpoint not found: {weights}")
+    is_onnx = weights.suffix.lower() == ".onnx"
+    if is_onnx and arch is not None:
+        fail("--arch is not used with an .onnx model: the architecture is the file's graph")
+    if not is_onnx and arch is None:
+        fail("--arch is required for a weights-only checkpoint (see `simprune archs`); or pass an .onnx model")
+    size = parse_floats(input_size, "--input-size")
     for p in (calib, eval, train):
         if p is not None and not p.exists():
             fail(f"data not found: {p}")
@@ -149,14 +159,15 @@ def prune(
         fields["exports"] = export
     try:
         job = PruneJob.build(
-            arch=arch, weights=weights, calib=calib, eval=eval, train=train, mean=parse_floats(mean, "--mean"),
+            arch=arch or "onnx", weights=weights, input_size=tuple(int(v) for v in size) if size else None,
+            calib=calib, eval=eval, train=train, mean=parse_floats(mean, "--mean"),
             std=parse_floats(std, "--std"), num_classes=num_classes, in_channels=in_channels, device=device,
             **fields)
     except ValidationError as exc:
         fail(spec_error(exc))
     try:
         job.check()
-        with progress_bar(f"{arch}/{method}") as update:
+        with progress_bar(f"{arch or weights.name}/{method}") as update:
             report = run_prune_job(job, out, progress=update)
     except SimpruneError as exc:
         fail(str(exc))
@@ -208,12 +219,16 @@ def methods() -> None:
         typer.echo(f"{m['name']:<16} {needs}{m['summary']}  [{opts}]")
 
 
-def archs() -> None:
-    """List zoo architectures."""
+def archs(
+    search: Annotated[str | None, typer.Option(help="only names containing this text (case-insensitive)")] = None,
+) -> None:
+    """List architectures: the zoo, every torchvision classifier and every timm model (``verified``: the
+    family is covered by simprune's tests). An .onnx file needs no architecture."""
     from simprune.zoo import list_archs
 
-    for a in list_archs():
-        typer.echo(f"{a.name:<28} input {tuple(a.input_size)}  classes {a.num_classes}  {a.family}")
+    for a in list_archs(search, libraries=True):
+        mark = "verified" if a.verified else "unverified"
+        typer.echo(f"{a.name:<44} input {tuple(a.input_size)}  classes {a.num_classes}  {a.family}  {mark}")
 
 
 def register(app: typer.Typer) -> None:

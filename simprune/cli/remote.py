@@ -224,7 +224,11 @@ def submit(
         raise typer.BadParameter("--arch is needed with a checkpoint")
     ratio: float | str | None = None
     if pruning_ratio is not None:
-        ratio = pruning_ratio if pruning_ratio == "auto" else float(pruning_ratio)
+        try:
+            ratio = pruning_ratio if pruning_ratio == "auto" else float(pruning_ratio)
+        except ValueError:
+            raise typer.BadParameter(f"must be a number in [0, 1) or 'auto', got {pruning_ratio!r}",
+                                     param_hint="--pruning-ratio") from None
     comp = {k: v for k, v in (("fold", fold), ("lstsq", lstsq), ("bn", bn), ("sequential", sequential))
             if v is not None}
     fields: dict[str, Any] = {

@@ -32,6 +32,8 @@ class ArchInfo:
     family: str = ""
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    verified: bool = True
+    """Whether this architecture's family is covered by simprune's tests (pruning and verified exports)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -43,6 +45,17 @@ class ArchInfo:
 
 _ARCHS: dict[str, ArchInfo] = {}
 _plugins_loaded = False
+
+# Namespaced architectures resolved on demand (``torchvision/<name>``, ``timm/<name>``, ``onnx/<sha>``): a
+# prefix maps to (lister of names, resolver name -> ArchInfo). Listing never instantiates a model.
+_Lister = Callable[[], list[ArchInfo]]
+_Resolver = Callable[[str], ArchInfo]
+_NAMESPACES: dict[str, tuple[_Lister | None, _Resolver]] = {}
+
+
+def register_namespace(prefix: str, resolve: _Resolver, lister: _Lister | None = None) -> None:
+    """Resolve names starting with ``prefix`` (e.g. ``"timm/"``) with ``resolve``; ``lister`` enumerates them."""
+    _NAMESPACES[prefix] = (lister, resolve)
 
 
 def register_arch(
@@ -56,6 +69,7 @@ def register_arch(
     family: str = "",
     description: str = "",
     tags: tuple[str, ...] = (),
+    verified: bool = True,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``builder(num_classes=..., in_channels=...) -> nn.Module`` under ``name``."""
 
@@ -73,6 +87,7 @@ def register_arch(
             family=family,
             description=description or (builder.__doc__ or "").strip().split("\n")[0],
             tags=tuple(tags),
+            verified=verified,
         )
         return builder
 
@@ -92,18 +107,31 @@ def _ensure_loaded() -> None:
             obj()
 
 
-def list_archs() -> list[ArchInfo]:
-    """All registered architectures, sorted by name."""
+def list_archs(search: str | None = None, *, libraries: bool = False) -> list[ArchInfo]:
+    """Registered architectures sorted by name; with ``libraries`` also every ``torchvision/`` and ``timm/``
+    entry. ``search`` keeps names containing it (case-insensitive)."""
     _ensure_loaded()
-    return [_ARCHS[k] for k in sorted(_ARCHS)]
+    out = [_ARCHS[k] for k in sorted(_ARCHS)]
+    if libraries:
+        for lister, _ in _NAMESPACES.values():
+            if lister is not None:
+                out.extend(sorted(lister(), key=lambda a: a.name))
+    if search:
+        needle = search.lower()
+        out = [a for a in out if needle in a.name.lower()]
+    return out
 
 
 def get_arch(name: str) -> ArchInfo:
     """The :class:`ArchInfo` for ``name``; ``KeyError`` with the valid names when unknown."""
     _ensure_loaded()
-    if name not in _ARCHS:
-        raise KeyError(f"unknown architecture '{name}'; known: {', '.join(sorted(_ARCHS))}")
-    return _ARCHS[name]
+    if name in _ARCHS:
+        return _ARCHS[name]
+    for prefix, (_, resolve) in _NAMESPACES.items():
+        if name.startswith(prefix):
+            return resolve(name)
+    spaces = "".join(f", {p}<name>" for p in _NAMESPACES)
+    raise KeyError(f"unknown architecture '{name}'; known: {', '.join(sorted(_ARCHS))}{spaces}")
 
 
 def build_model(name: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:

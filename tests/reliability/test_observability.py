@@ -126,7 +126,7 @@ def test_full_disk_fails_the_store_and_leaves_no_partial_artifacts(tmp_path: Pat
         db.add(Model(id="m", tenant_id="t", arch="cifar_resnet20", num_classes=10, in_channels=3,
                      input_size=[3, 32, 32], params=1, flops=1, filename="x", sha256="0", size=1, storage_key="k"))
         db.flush()
-        db.add(Job(id="j", tenant_id="t", model_id="m", method="l1", spec={}, status="running", attempts=1))
+        db.add(Job(id="j", tenant_id="t", model_id="m", spec={"method": "l1"}, status="running", attempts=1))
     out = tmp_path / "out"
     out.mkdir()
     for name in ("a.json", "b.json", "c.json"):

@@ -1,6 +1,7 @@
 """The Alembic migrations build exactly the schema the ORM models declare, on SQLite and PostgreSQL; the scripts
 live in the repository's top-level ``alembic/`` folder (no ``__init__.py``: it must not shadow the library);
-0004's data migration (``jobs.method`` dropped, ``jobs.train_dataset_id`` backfilled) and its downgrade."""
+0004's data migration (``jobs.method`` dropped, ``jobs.train_dataset_id`` backfilled) and its downgrade;
+0005 (job deletion and retention columns) up and down."""
 
 from __future__ import annotations
 
@@ -132,3 +133,31 @@ def test_0004_backfills_train_dataset_and_downgrades(backend: str, tmp_path: Pat
 
     upgrade_database(url)  # and up again
     assert _jobs(url)["job_f"]["train_dataset_id"] == "ds_train"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_0005_adds_deletion_and_retention_columns(backend: str, tmp_path: Path,
+                                                  request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("empty_pg_url")
+    upgrade_database(url, "0004_job_train_dataset")
+    _execute(url, "INSERT INTO tenants (id, name, created_at) VALUES ('t1', 't', :now)", [{"now": NOW}])
+    _execute(url, "INSERT INTO jobs (id, tenant_id, spec, status, progress, cancel_requested, attempts, created_at) "
+                  "VALUES ('job_a', 't1', :spec, 'succeeded', 1, false, 1, :now)",
+             [{"spec": json.dumps({"method": "l1"}), "now": NOW}])
+    upgrade_database(url)
+    assert _diff(url) == []
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        cols = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+        row = conn.execute(sa.text("SELECT deleted_at, artifacts_expired_at, status FROM jobs")).one()
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("jobs")}
+    engine.dispose()
+    assert {"deleted_at", "artifacts_expired_at"} <= cols and tuple(row) == (None, None, "succeeded")
+    assert "ix_jobs_finished_at" in indexes
+    command.downgrade(alembic_config(url), "0004_job_train_dataset")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        cols = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+        assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar() == 1
+    engine.dispose()
+    assert not {"deleted_at", "artifacts_expired_at"} & cols

@@ -120,13 +120,16 @@ def test_running_job_is_cancelled(stack: dict[str, Any], data_files: dict[str, P
     assert work == []  # the job's scratch directory is gone
 
 
-def test_failed_job_records_a_clear_error(stack: dict[str, Any], data_files: dict[str, Path]) -> None:
+def test_bad_option_is_refused_at_submission_not_by_the_worker(stack: dict[str, Any],
+                                                                data_files: dict[str, Path]) -> None:
     with Client(stack["url"], api_key=stack["key"]) as c:
         model = c.upload_model(data_files["ckpt"], arch="cifar_resnet20")
-        job = c.submit(model["id"], "l1", pruning_ratio=0.3, options={"no_such_option": 1})
-        final = wait_for(c, job["id"], stack["worker"])
-    assert final["status"] == "failed" and "no_such_option" in final["error"]
-    assert "Traceback" not in final["error"]
+        before = len(c.list_jobs()["items"])
+        with pytest.raises(ApiError) as err:
+            c.submit(model["id"], "l1", pruning_ratio=0.3, options={"no_such_option": 1})
+        assert err.value.status == 422 and "no_such_option" in str(err.value)
+        assert "Traceback" not in str(err.value)
+        assert len(c.list_jobs()["items"]) == before
 
 
 def test_claim_is_compare_and_set(tmp_path: Path) -> None:
@@ -140,7 +143,7 @@ def test_claim_is_compare_and_set(tmp_path: Path) -> None:
         db.add(Model(id="m1", tenant_id="t1", arch="cifar_resnet20", num_classes=10, in_channels=3,
                      input_size=[3, 32, 32], params=1, flops=1, filename="x", sha256="0", size=1, storage_key="k"))
         db.flush()
-        db.add(Job(id="j1", tenant_id="t1", model_id="m1", method="l1", spec={}, status="queued"))
+        db.add(Job(id="j1", tenant_id="t1", model_id="m1", spec={"method": "l1"}, status="queued"))
     assert claim(s, "j1") == 1  # the attempt number is the fencing token
     assert claim(s, "j1") is None  # a second delivery while running
     with session_scope(s.database_url) as db:  # the worker died: its heartbeat goes stale

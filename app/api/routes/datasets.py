@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, get_owned
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, active_job_using, get_owned
 from app.api.pagination import page_rows, paginate
 from app.api.problems import Problem
-from app.api.ratelimit import rate_limit_uploads
+from app.api.ratelimit import rate_limit_reads, rate_limit_uploads
 from app.models import Dataset, Job
 from app.schemas import DatasetOut, Page
 from app.services.resources import create_dataset
 from app.services.uploads import parse_multipart
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(rate_limit_reads)])
 
 DATASET_UPLOAD_BODY = {
     "requestBody": {
@@ -74,14 +74,11 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> D
 
 @router.delete("/{dataset_id}", status_code=204, summary="Delete a dataset")
 def delete_dataset(dataset_id: str, session: SessionDep, storage: StorageDep, tenant_id: TenantDep) -> Response:
-    """Delete the dataset and its file; 409 while a queued or running job uses it."""
+    """Delete the dataset and its file; 409 while a queued or running job uses it (for calibration,
+    evaluation or training)."""
     row = get_owned_dataset(session, tenant_id, dataset_id)
-    active = session.scalar(
-        select(Job.id).where(
-            or_(Job.calibration_dataset_id == dataset_id, Job.eval_dataset_id == dataset_id),
-            Job.status.in_(("queued", "running")),
-        ).limit(1)
-    )
+    active = active_job_using(session, Job.calibration_dataset_id == dataset_id, Job.eval_dataset_id == dataset_id,
+                              Job.train_dataset_id == dataset_id)
     if active:
         raise Problem(409, f"dataset '{dataset_id}' is used by active job '{active}'", "conflict")
     key = row.storage_key

@@ -1,4 +1,5 @@
-"""/v1/jobs: submit (JSON or one-call multipart), list, inspect, follow (SSE), cancel, download artifacts."""
+"""/v1/jobs: submit (JSON or one-call multipart), list, inspect, follow (SSE), cancel, delete, download
+artifacts."""
 
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, get_owned, in_thread
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, get_owned, in_thread, public_link
+from app.api.limits import JsonLimits, finite_float, json_body, loads_limited
 from app.api.pagination import page_rows, paginate
 from app.api.problems import Problem
-from app.api.ratelimit import rate_limit_jobs
+from app.api.ratelimit import STREAM_LEASE_S, acquire_stream, rate_limit_jobs, rate_limit_reads, release_stream
 from app.api.routes.datasets import get_owned_dataset
 from app.api.routes.models import get_owned_model
 from app.core.celery import enqueue_job
@@ -29,13 +32,14 @@ from app.core.config import Settings
 from app.core.db import session_factory
 from app.models import TERMINAL_STATUSES, Artifact, Job, Model, new_id, utcnow
 from app.schemas import ArtifactOut, JobCreate, JobOut, JobStatus, Page
-from app.services.resources import create_model
+from app.services.resources import check_quota, create_model, get_inspector
+from app.services.sweeper import remove_artifacts
 from app.services.uploads import parse_multipart
 from app.storage import Storage
 from simprune.methods.registry import method_class
 
 log = logging.getLogger("simprune.api")
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(rate_limit_reads)])
 
 JSON_FIELDS = ("options", "finetune", "compensation", "exports")
 """Multipart job fields that carry JSON."""
@@ -81,7 +85,7 @@ SUBMIT_BODY = {
 
 def artifact_out(request: Request, job_id: str, a: Artifact) -> ArtifactOut:
     """An artifact with its download URL."""
-    url = str(request.url_for("download_artifact", job_id=job_id, name=a.name))
+    url = public_link(request, request.app.url_path_for("download_artifact", job_id=job_id, name=a.name))
     return ArtifactOut(name=a.name, size=a.size, sha256=a.sha256, content_type=a.content_type, url=url)
 
 
@@ -99,14 +103,17 @@ def job_out(request: Request, job: Job) -> JobOut:
     )
 
 
-def get_owned_job(session: Session, tenant_id: str, job_id: str) -> Job:
-    """The tenant's job ``job_id``; 404 when absent or owned by another tenant."""
-    return get_owned(session, Job, tenant_id, job_id, "job")
+def get_owned_job(session: Session, tenant_id: str, job_id: str, deleted_ok: bool = False) -> Job:
+    """The tenant's job ``job_id``; 404 when absent or owned by another tenant, 410 once deleted."""
+    job = get_owned(session, Job, tenant_id, job_id, "job")
+    if job.deleted_at is not None and not deleted_ok:
+        raise Problem(410, f"job '{job_id}' was deleted", "gone", deleted_at=job.deleted_at)
+    return job
 
 
 def _accepted(request: Request, job: Job, status: int = 202) -> JSONResponse:
     body = job_out(request, job).model_dump(mode="json")
-    location = str(request.url_for("get_job", job_id=job.id))
+    location = public_link(request, request.app.url_path_for("get_job", job_id=job.id))
     return JSONResponse(body, status_code=status, headers={"Location": location})
 
 
@@ -174,11 +181,13 @@ def _create_job(
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won the race
         session.rollback()
         existing = _existing_for_key(session, tenant_id, idempotency_key)
-        if existing is None:
-            raise
+        if existing is None:  # a referenced model or dataset was deleted after it was checked
+            raise Problem(409, "the job's model or a dataset was deleted while the job was being created",
+                          "conflict") from None
         return _accepted(request, existing, 200)
     try:
-        enqueue_job(settings, job.id)
+        if enqueue_job(settings, job.id, job.spec) is None:  # device cuda, no GPU worker alive: failed, says why
+            session.refresh(job)
     except Exception as exc:  # broker down: the job must not stay queued forever
         log.exception("could not enqueue job %s", job.id)
         job.status, job.error, job.finished_at = "failed", f"could not enqueue the job: {exc}", utcnow()
@@ -205,31 +214,19 @@ def _replay_or_conflict(request: Request, session: Session, existing: Job, job_i
 PENDING_MODEL = "pending-upload"
 
 
-def _request_from_form(fields: dict[str, str]) -> JobCreate:
+def _request_from_form(fields: dict[str, str], limits: JsonLimits) -> JobCreate:
     data: dict[str, Any] = {"model_id": PENDING_MODEL}
     for name in JobCreate.model_fields:
         if name in fields and name != "model_id" and fields[name].strip() != "":
             raw = fields[name].strip()
-            if name in JSON_FIELDS:
-                try:
-                    data[name] = json.loads(raw)
-                except (json.JSONDecodeError, RecursionError):
-                    raise Problem(422, f"'{name}' must be JSON", "validation-error") from None
-            else:
-                data[name] = raw
-    if data.get("pruning_ratio") not in (None, "auto"):
-        data["pruning_ratio"] = _float(data["pruning_ratio"], "pruning_ratio")
+            data[name] = loads_limited(raw, limits, name) if name in JSON_FIELDS else raw
+    for name in ("pruning_ratio", "target_flops_reduction", "time_limit_s"):
+        if data.get(name) not in (None, "auto"):
+            data[name] = finite_float(data[name], name)
     try:
         return JobCreate.model_validate(data, strict=False)
     except ValidationError as exc:
         raise _validation_problem(exc) from None
-
-
-def _float(raw: str, name: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise Problem(422, f"'{name}' must be a number", "validation-error") from None
 
 
 def _validation_problem(exc: ValidationError) -> Problem:
@@ -261,10 +258,7 @@ async def submit_job(
     if not ctype.startswith("application/json"):
         raise Problem(415, "send application/json (job on an uploaded model) or multipart/form-data "
                            "(checkpoint + job fields)", "unsupported-media-type")
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError):
-        raise Problem(400, "request body is not valid JSON", "bad-json") from None
+    body = await json_body(request, JsonLimits.from_settings(settings))
     try:
         req = JobCreate.model_validate(body)
     except ValidationError as exc:
@@ -277,14 +271,16 @@ async def _submit_multipart(request: Request, session: Session, settings: Settin
     form = await parse_multipart(request, settings.tmp_dir, {"file": settings.max_checkpoint_bytes},
                                  settings.max_form_field_bytes)
     try:
-        req = _request_from_form(form.fields)
+        req = _request_from_form(form.fields, JsonLimits.from_settings(settings))
         job_in = await in_thread(session, _resolve, session, tenant_id, req)
         existing = await in_thread(session, _existing_for_key, session, tenant_id, idempotency_key)
         if existing is not None:
             upload = form.files.get("file")
             return await in_thread(session, _replay_or_conflict, request, session, existing, job_in,
                                    upload.sha256 if upload else "")
-        model = await create_model(form, tenant_id, session, settings, storage, request.app.state.metrics)
+        await in_thread(session, check_quota, session, settings, tenant_id, 0, 409)
+        model = await create_model(form, tenant_id, session, settings, storage, request.app.state.metrics,
+                                   get_inspector(settings, request.app.state))
     finally:
         form.cleanup()
     return await in_thread(session, _create_job, request, session, settings, tenant_id, model.id, job_in,
@@ -301,6 +297,7 @@ def _submit_json(request: Request, session: Session, settings: Settings, tenant_
             raise Problem(409, "this Idempotency-Key was used for a different request", "idempotency-conflict",
                           job_id=existing.id)
         return _replay_or_conflict(request, session, existing, job_in)
+    check_quota(session, settings, tenant_id, 0, 409)
     return _create_job(request, session, settings, tenant_id, req.model_id, job_in, idempotency_key)
 
 
@@ -308,7 +305,7 @@ def _submit_json(request: Request, session: Session, settings: Settings, tenant_
 def list_jobs(request: Request, session: SessionDep, tenant_id: TenantDep, status: JobStatus | None = None,
               cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 50) -> Page[JobOut]:
     """The tenant's jobs, newest first, optionally only those with ``status``."""
-    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    stmt = select(Job).where(Job.tenant_id == tenant_id, Job.deleted_at.is_(None))
     if status:
         stmt = stmt.where(Job.status == status)
     stmt = paginate(stmt, Job, cursor, limit).options(selectinload(Job.artifacts))
@@ -316,10 +313,18 @@ def list_jobs(request: Request, session: SessionDep, tenant_id: TenantDep, statu
     return Page[JobOut](items=[job_out(request, r) for r in rows], next_cursor=nxt)
 
 
+def _load_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id, options=[joinedload(Job.artifacts)])  # one query, artifacts included
+    if job is None or job.tenant_id != tenant_id:
+        raise Problem(404, f"job '{job_id}' not found", "not-found")
+    return get_owned_job(session, tenant_id, job_id)
+
+
 @router.get("/{job_id}", response_model=JobOut, summary="Get a job")
-def get_job(job_id: str, request: Request, session: SessionDep, tenant_id: TenantDep) -> JobOut:
+async def get_job(job_id: str, request: Request, session: SessionDep, tenant_id: TenantDep) -> Response:
     """Status, stage, progress, timestamps, error, the report and the artifacts of one job."""
-    return job_out(request, get_owned_job(session, tenant_id, job_id))
+    job = await in_thread(session, _load_job, session, tenant_id, job_id)  # the one trip to the thread pool
+    return Response(job_out(request, job).model_dump_json(), media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, summary="Cancel a job",
@@ -342,13 +347,38 @@ def cancel_job(job_id: str, request: Request, session: SessionDep, tenant_id: Te
     return job_out(request, job)
 
 
+@router.delete("/{job_id}", status_code=204, summary="Delete a job and its artifacts",
+               responses={404: {"description": "not found"}})
+def delete_job(job_id: str, session: SessionDep, settings: SettingsDep, storage: StorageDep,
+               tenant_id: TenantDep) -> Response:
+    """Cancel the job if it is queued or running, delete its artifacts from storage and hide it: later requests
+    for it answer 410. The row stays as an audit record (``deleted_at``). Deleting it again is a no-op."""
+    job = get_owned_job(session, tenant_id, job_id, deleted_ok=True)
+    if job.deleted_at is not None:
+        return Response(status_code=204)
+    now = utcnow()
+    # one compare-and-set: a worker finishing concurrently either stored its result first (and its artifacts
+    # are removed below) or finds the job no longer running and discards its own files
+    session.execute(update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
+                    .values(status="cancelled", cancel_requested=True, finished_at=now,
+                            error="cancelled: the job was deleted"))
+    session.execute(update(Job).where(Job.id == job_id, Job.deleted_at.is_(None)).values(deleted_at=now))
+    session.commit()
+    try:
+        remove_artifacts(settings, storage, job_id)
+    except Exception as exc:  # noqa: BLE001 - the sweeper retries; the job is already hidden
+        log.warning("job %s deleted; its artifacts will be removed by the sweeper: %s", job_id, exc)
+    log.info("job %s deleted by tenant %s", job_id, tenant_id, extra={"job_id": job_id})
+    return Response(status_code=204)
+
+
 def _snapshot(url: str, job_id: str) -> dict[str, Any] | None:
     with session_factory(url)() as s:
         job = s.get(Job, job_id)
-        if job is None:
+        if job is None or job.deleted_at is not None:
             return None
         return {"id": job.id, "status": job.status, "stage": job.stage, "progress": round(job.progress, 4),
-                "error": job.error}
+                "progress_detail": job.progress_detail, "error": job.error}
 
 
 @router.get("/{job_id}/events", summary="Follow a job (server-sent events)",
@@ -358,34 +388,53 @@ def _snapshot(url: str, job_id: str) -> dict[str, Any] | None:
                 '"progress": 0.4, "error": null}\n\n')}}}})
 async def job_events(job_id: str, request: Request, session: SessionDep, settings: SettingsDep,
                      tenant_id: TenantDep) -> StreamingResponse:
-    """``progress`` events whenever status/stage/progress change, then one ``end`` event when it finishes."""
+    """``progress`` events whenever status/stage/progress change, then one ``end`` event when it finishes.
+    A tenant may hold ``max_event_streams_per_tenant`` streams at once (429 with Retry-After beyond)."""
     await in_thread(session, get_owned_job, session, tenant_id, job_id)
     url = settings.database_url
+    slot = new_id("sse")
+    await run_in_threadpool(acquire_stream, request, settings, tenant_id, slot)
 
     async def stream() -> AsyncIterator[str]:
-        last: dict[str, Any] | None = None
-        last_sent = time.monotonic()
-        yield "retry: 2000\n\n"
-        while True:
-            snap = await run_in_threadpool(_snapshot, url, job_id)
-            if snap is None:
-                yield 'event: end\ndata: {"status": "deleted"}\n\n'
-                return
-            if snap != last:
-                last, last_sent = snap, time.monotonic()
-                yield f"event: progress\ndata: {json.dumps(snap)}\n\n"
-            if snap["status"] in TERMINAL_STATUSES:
-                yield f"event: end\ndata: {json.dumps(snap)}\n\n"
-                return
-            if time.monotonic() - last_sent > 15:
-                last_sent = time.monotonic()
-                yield ": keep-alive\n\n"
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(0.5)
+        try:
+            async for event in _events(request, url, job_id, tenant_id, slot):
+                yield event
+        finally:  # also when the client went away and the stream was cancelled
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(release_stream, request, tenant_id, slot)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _events(request: Request, url: str, job_id: str, tenant_id: str, slot: str) -> AsyncIterator[str]:
+    """The event stream of one job; renews the stream's slot lease while it runs."""
+    last: dict[str, Any] | None = None
+    last_sent = renewed = time.monotonic()
+    yield "retry: 2000\n\n"
+    while True:
+        snap = await run_in_threadpool(_snapshot, url, job_id)
+        if snap is None:
+            yield 'event: end\ndata: {"status": "deleted"}\n\n'
+            return
+        if snap != last:
+            last, last_sent = snap, time.monotonic()
+            yield f"event: progress\ndata: {json.dumps(snap)}\n\n"
+        if snap["status"] in TERMINAL_STATUSES:
+            yield f"event: end\ndata: {json.dumps(snap)}\n\n"
+            return
+        if time.monotonic() - last_sent > 15:
+            last_sent = time.monotonic()
+            yield ": keep-alive\n\n"
+        if await request.is_disconnected():
+            return
+        if time.monotonic() - renewed > STREAM_LEASE_S / 3:
+            renewed = time.monotonic()
+            try:
+                await run_in_threadpool(acquire_stream, request, request.app.state.settings, tenant_id, slot)
+            except Problem:  # the lease lapsed and other streams took the slots
+                return
+        await asyncio.sleep(0.5)
 
 
 @router.get("/{job_id}/artifacts/{name}", name="download_artifact", summary="Download an artifact",
@@ -396,6 +445,9 @@ def download_artifact(job_id: str, name: str, session: SessionDep, storage: Stor
     """Stream one artifact (model.pt2, model.onnx, weights.safetensors, plan.json, report.json, ...)."""
     job = get_owned_job(session, tenant_id, job_id)
     art = next((a for a in job.artifacts if a.name == name), None)
+    if art is None and job.artifacts_expired_at is not None:
+        raise Problem(410, f"the artifacts of job '{job_id}' were deleted after the retention period", "gone",
+                      expired_at=job.artifacts_expired_at)
     if art is None:
         raise Problem(404, f"job '{job_id}' has no artifact '{name}'", "not-found")
     return _stream_file(storage, art)

@@ -5,6 +5,7 @@ request latencies are this process's counters. Per-stage job durations come from
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 
-from app.core.celery import get_celery
+from app.api.problems import Problem
+from app.core.celery import get_celery, gpu_queue
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.models import JOB_STATUSES, Job
@@ -41,7 +43,8 @@ def queue_depth(settings: Settings) -> int | None:
             session = conn.default_channel.session
             return int(session.execute(text(
                 "SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
-                "WHERE q.name = :q AND m.visible"), {"q": settings.queue}).scalar() or 0)
+                "WHERE q.name IN (:q, :g) AND m.visible"), {"q": settings.queue, "g": gpu_queue(settings)}
+            ).scalar() or 0)
     return None
 
 
@@ -105,8 +108,15 @@ def get_metrics(request: Any) -> ApiMetrics:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"description": "token required"}})
 async def metrics(request: Request) -> Response:
-    """Jobs by status, queue depth, upload bytes and request latencies in Prometheus text format."""
+    """Jobs by status, queue depth, upload bytes and request latencies in Prometheus text format. With
+    ``SIMPRUNE_METRICS_TOKEN`` set, only for ``Authorization: Bearer <that token>`` (401 otherwise)."""
+    token = request.app.state.settings.metrics_token
+    if token:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Problem(401, "metrics need 'Authorization: Bearer <SIMPRUNE_METRICS_TOKEN>'", "unauthorized",
+                          headers={"WWW-Authenticate": 'Bearer realm="simprune-metrics"'})
     body = await run_in_threadpool(generate_latest, get_metrics(request).registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -7,16 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, get_owned
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, active_job_using, get_owned
 from app.api.pagination import page_rows, paginate
 from app.api.problems import Problem
-from app.api.ratelimit import rate_limit_uploads
+from app.api.ratelimit import rate_limit_reads, rate_limit_uploads
 from app.models import Job, Model
 from app.schemas import ModelOut, Page
-from app.services.resources import create_model
+from app.services.resources import create_model, get_inspector
 from app.services.uploads import parse_multipart
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(rate_limit_reads)])
 
 MODEL_UPLOAD_BODY = {
     "requestBody": {
@@ -51,11 +51,13 @@ def get_owned_model(session: SessionDep, tenant_id: str, model_id: str) -> Model
                         429: {"description": "rate limited"}, 422: {"description": "not a valid checkpoint"}})
 async def upload_model(request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep,
                        tenant_id: TenantDep) -> ModelOut:
-    """Stream the checkpoint to disk, load it safely, build it into ``arch`` and count params/FLOPs."""
+    """Stream the checkpoint to disk, load it safely, build it into ``arch`` and count params/FLOPs (in a separate
+    process with a time and memory limit; ``input_size`` may exceed the architecture's by a bounded factor)."""
     form = await parse_multipart(request, settings.tmp_dir, {"file": settings.max_checkpoint_bytes},
                                  settings.max_form_field_bytes)
     try:
-        row = await create_model(form, tenant_id, session, settings, storage, request.app.state.metrics)
+        row = await create_model(form, tenant_id, session, settings, storage, request.app.state.metrics,
+                                 get_inspector(settings, request.app.state))
     finally:
         form.cleanup()
     return ModelOut.model_validate(row)
@@ -80,9 +82,7 @@ def get_model(model_id: str, session: SessionDep, tenant_id: TenantDep) -> Model
 def delete_model(model_id: str, session: SessionDep, storage: StorageDep, tenant_id: TenantDep) -> Response:
     """Delete the model and its file; 409 while a queued or running job uses it."""
     row = get_owned_model(session, tenant_id, model_id)
-    active = session.scalar(
-        select(Job.id).where(Job.model_id == model_id, Job.status.in_(("queued", "running"))).limit(1)
-    )
+    active = active_job_using(session, Job.model_id == model_id)
     if active:
         raise Problem(409, f"model '{model_id}' is used by active job '{active}'", "conflict")
     key = row.storage_key

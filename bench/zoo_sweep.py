@@ -1,0 +1,121 @@
+"""Sweep the library architectures: every torchvision classifier and a wide sample of timm CNNs, each built with
+random weights, saved as a checkpoint, pruned to 30% FLOPs with ``l1`` through :func:`simprune.run_prune_job`
+(verified exports) and classified: ``works``, or the reason it fails.
+
+A model "works" when the job succeeds (every export verified against the in-memory pruned model; the plan
+rebuilt through the architecture's name) and the FLOPs reduction is within ``--tolerance`` of the target.
+
+Usage::
+
+    python bench/zoo_sweep.py --hw 64 --out sweep.json                 # everything (hours on a small CPU)
+    python bench/zoo_sweep.py --only 'torchvision/resnet*' --exports onnx safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+TIMM_SAMPLE = (
+    "resnet10t", "resnet18", "resnet50d", "resnext26ts", "seresnext26d_32x4d", "resnest14d", "res2net50_14w_8s",
+    "skresnet18", "efficientnet_b0", "efficientnet_lite0", "tf_efficientnetv2_b0", "mobilenetv2_050",
+    "mobilenetv3_small_050", "mobilenetv3_large_100", "mobilenetv4_conv_small", "regnetx_002", "regnety_002",
+    "regnetz_005", "ghostnet_050", "ghostnetv2_100", "convnext_atto", "convnextv2_atto", "densenet121", "dla34",
+    "dpn68", "hrnet_w18_small", "lcnet_050", "mnasnet_small", "mixnet_s", "rexnet_100", "repvgg_a0",
+    "cspresnet50", "cspdarknet53", "darknet17", "vgg11_bn", "inception_v3", "xception41", "tinynet_a",
+    "fbnetc_100", "hardcorenas_a", "ese_vovnet19b_dw", "mobileone_s0", "gernet_s", "selecsls42b", "nf_resnet26",
+    "fastvit_t8", "efficientvit_b0", "vit_tiny_patch16_224",
+)
+"""A wide sample of timm families (mostly CNNs; one ViT as a known outsider)."""
+
+
+def architectures(only: list[str] | None) -> list[str]:
+    """torchvision/<every classifier> and timm/<sample>, filtered by the ``only`` glob patterns."""
+    import timm
+    import torchvision
+
+    names = [f"torchvision/{n}" for n in torchvision.models.list_models(module=torchvision.models)]
+    available = set(timm.list_models())
+    names += [f"timm/{n}" for n in TIMM_SAMPLE if n in available]
+    if only:
+        names = [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in only)]
+    return names
+
+
+def sweep_one(arch: str, hw: int | None, exports: tuple[str, ...], target: float, tolerance: float) -> dict[str, Any]:
+    """Prune ``arch`` once; ``{arch, result, seconds, flops_reduction}``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from simprune.pipeline import PruneJob, run_prune_job
+    from simprune.zoo import get_arch
+
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"arch": arch, "result": "works", "flops_reduction": None}
+    try:
+        info = get_arch(arch)
+        size = (info.input_size[0], hw, hw) if hw else tuple(info.input_size)
+        torch.manual_seed(0)
+        model = info.builder(num_classes=10)
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / "w.safetensors"
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+            del model
+            job = PruneJob.build(arch=arch, weights=weights, method="l1", target_flops_reduction=target,
+                                 device="cpu", input_size=size, exports=exports)
+            report = run_prune_job(job, Path(tmp) / "out")
+        red = float(report["flops_reduction"])
+        row["flops_reduction"] = round(red, 4)
+        if abs(red - target) > tolerance:
+            row["result"] = f"FLOPs reduction {100 * red:.1f}% misses the {100 * target:.0f}% target"
+    except Exception as exc:  # noqa: BLE001 - the sweep records every failure and goes on
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        row["result"] = f"{type(exc).__name__}: {first} ({Path(where.filename).name}:{where.lineno})"
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The results as a markdown table."""
+    lines = ["| architecture | result | FLOPs -% | seconds |", "|---|---|---|---|"]
+    for r in rows:
+        red = "" if r["flops_reduction"] is None else f"{100 * r['flops_reduction']:.1f}"
+        lines.append(f"| {r['arch']} | {r['result'].replace('|', '/')} | {red} | {r['seconds']} |")
+    works = sum(r["result"] == "works" for r in rows)
+    lines.append(f"\n{works}/{len(rows)} work.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", nargs="*", help="glob patterns over the names (torchvision/*, timm/res*)")
+    p.add_argument("--hw", type=int, default=None, help="input height/width (default: the architecture's)")
+    p.add_argument("--exports", nargs="+", default=["pt2", "onnx", "safetensors"])
+    p.add_argument("--target", type=float, default=0.3)
+    p.add_argument("--tolerance", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for arch in architectures(args.only):
+        row = sweep_one(arch, args.hw, tuple(args.exports), args.target, args.tolerance)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=1))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Every classifier of the installed torchvision (``torchvision/<name>``) and timm (``timm/<name>``), by name.
+
+Entries are resolved lazily: listing reads the libraries' registries and pretrained configurations (input size,
+normalisation, classes) and never builds a model; a builder calls the library with ``weights=None`` /
+``pretrained=False`` (nothing is downloaded). ``num_classes`` and input channels come from the checkpoint
+(:func:`simprune.zoo.build_for_state_dict`). ``verified`` says whether the family is covered by
+``tests/test_zoo_libraries.py`` / ``tests/test_onnx_import.py``; ``bench/zoo_sweep.py`` runs all of them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import cache
+
+from torch import nn
+
+from simprune.zoo.registry import ArchInfo, register_namespace
+from simprune.zoo.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, replace_first_conv
+
+TORCHVISION, TIMM, ONNX = "torchvision/", "timm/", "onnx/"
+
+VERIFIED_TORCHVISION = frozenset({"resnet", "mobilenet_v3", "efficientnet", "regnet", "densenet"})
+"""torchvision families with a representative in the tests (see ``TORCHVISION_REPRESENTATIVES``)."""
+VERIFIED_TIMM = frozenset({"resnet", "efficientnet", "mobilenetv3", "regnet", "convnext"})
+"""timm modules with a representative in the tests (see ``TIMM_REPRESENTATIVES``). Not ghostnet: its Ghost
+modules slice channels after a concat, which the FLOPs model does not follow (a 30% target removes ~44%)."""
+TORCHVISION_REPRESENTATIVES = {"resnet": "resnet18", "mobilenet_v3": "mobilenet_v3_small",
+                               "efficientnet": "efficientnet_b0", "regnet": "regnet_x_400mf",
+                               "densenet": "densenet121"}
+TIMM_REPRESENTATIVES = {"resnet": "resnet10t", "efficientnet": "efficientnet_b0",
+                        "mobilenetv3": "mobilenetv3_small_050",
+                        "regnet": "regnetx_002", "convnext": "convnext_atto"}
+_TV_FAMILIES = ("mobilenet_v2", "mobilenet_v3", "efficientnet_v2", "efficientnet", "regnet", "resnext",
+                "wide_resnet", "resnet", "shufflenet_v2", "squeezenet", "densenet", "convnext", "vit", "swin_v2",
+                "swin", "maxvit", "mnasnet", "inception", "googlenet", "alexnet", "vgg")
+
+
+def torchvision_family(name: str) -> str:
+    """The family of a torchvision builder name (``regnet_x_400mf`` -> ``regnet``)."""
+    for fam in _TV_FAMILIES:
+        if name.startswith(fam):
+            return fam
+    m = re.match(r"[a-z]+", name)
+    return m.group(0) if m else name
+
+
+@cache
+def _torchvision_names() -> tuple[str, ...]:
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def _torchvision_info(name: str) -> ArchInfo:
+    """The catalogue entry of ``torchvision/<short>`` (pretrained-weights metadata for size and normalisation)."""
+    import torchvision
+
+    short = name[len(TORCHVISION):]
+    if short not in _torchvision_names():
+        raise KeyError(f"unknown architecture '{name}': torchvision has no classification model '{short}' "
+                       "(see `simprune archs --search torchvision/`)")
+    size, mean, std, classes = 224, IMAGENET_MEAN, IMAGENET_STD, 1000
+    weights = list(torchvision.models.get_model_weights(short))
+    if weights:
+        kw = getattr(weights[0].transforms, "keywords", {})
+        size = int(kw.get("crop_size", size))
+        mean, std = tuple(kw.get("mean", mean)), tuple(kw.get("std", std))
+        classes = len(weights[0].meta.get("categories") or []) or classes
+
+    def builder(num_classes: int = classes, in_channels: int = 3) -> nn.Module:
+        model = torchvision.models.get_model(short, weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            replace_first_conv(model, in_channels)
+        return model
+
+    builder.__doc__ = f"torchvision {short}, ``weights=None``."
+    fam = torchvision_family(short)
+    return ArchInfo(name=name, builder=builder, input_size=(3, size, size), mean=mean, std=std, num_classes=classes,
+                    family=f"torchvision:{fam}", description=f"torchvision {short} (random init)",
+                    tags=("imagenet", "torchvision"), verified=fam in VERIFIED_TORCHVISION)
+
+
+@cache
+def _timm_modules() -> dict[str, str]:
+    """timm model name -> the timm module (family) defining it."""
+    import timm
+
+    return {n: mod for mod in timm.list_modules() for n in timm.list_models(module=mod)}
+
+
+def _timm_info(name: str) -> ArchInfo:
+    """The catalogue entry of ``timm/<short>`` from timm's pretrained configuration."""
+    import timm
+
+    short = name[len(TIMM):]
+    module = _timm_modules().get(short)
+    if module is None:
+        raise KeyError(f"unknown architecture '{name}': timm has no model '{short}' (see `simprune archs --search "
+                       "timm/`)")
+    cfg = timm.get_pretrained_cfg(short)
+    size = tuple(cfg.input_size) if cfg and cfg.input_size else (3, 224, 224)
+    mean = tuple(cfg.mean) if cfg and cfg.mean else IMAGENET_MEAN
+    std = tuple(cfg.std) if cfg and cfg.std else IMAGENET_STD
+    classes = (cfg.num_classes if cfg else 0) or 1000
+
+    def builder(num_classes: int = classes, in_channels: int = 3) -> nn.Module:
+        return timm.create_model(short, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+    builder.__doc__ = f"timm {short}, ``pretrained=False``."
+    return ArchInfo(name=name, builder=builder, input_size=size, mean=mean, std=std, num_classes=classes,
+                    in_channels=size[0], family=f"timm:{module}", description=f"timm {short} (random init)",
+                    tags=("timm",), verified=module in VERIFIED_TIMM)
+
+
+def _lister(names: Callable[[], tuple[str, ...]], info: Callable[[str], ArchInfo]) -> Callable[[], list[ArchInfo]]:
+    @cache
+    def entries() -> tuple[ArchInfo, ...]:
+        return tuple(info(n) for n in names())
+
+    return lambda: list(entries())
+
+
+def _onnx_info(name: str) -> ArchInfo:
+    from simprune.onnx_import import arch_info
+
+    return arch_info(name)
+
+
+_torchvision_resolve = cache(_torchvision_info)
+_timm_resolve = cache(_timm_info)
+register_namespace(TORCHVISION, _torchvision_resolve,
+                   _lister(lambda: tuple(TORCHVISION + n for n in _torchvision_names()), _torchvision_resolve))
+register_namespace(TIMM, _timm_resolve,
+                   _lister(lambda: tuple(TIMM + n for n in sorted(_timm_modules())), _timm_resolve))
+register_namespace(ONNX, _onnx_info)

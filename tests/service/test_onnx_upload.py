@@ -1,0 +1,124 @@
+"""ONNX uploads over the API (no architecture name; the dry run stored with the model; bad files refused with
+nothing stored) and the paginated, searchable architecture catalogue."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper
+from service_helpers import make_embedded, new_key, stored_files
+from sqlalchemy import select
+
+from app.core.db import session_scope
+from app.main import create_app
+from app.models import Model
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[TestClient]:
+    settings = make_embedded(tmp_path / "data")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {new_key(settings)}"
+        client.settings = settings  # type: ignore[attr-defined]
+        yield client
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torchvision
+
+    path = tmp_path_factory.mktemp("onnx") / "net.onnx"
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=6).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    return path
+
+
+def _upload(api: TestClient, path: Path, **fields: str) -> Any:
+    with open(path, "rb") as fh:
+        return api.post("/v1/models", data=fields, files={"file": (path.name, fh)})
+
+
+def _problem(resp: Any, status: int) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith(PROBLEM)
+    return resp.json()
+
+
+def test_onnx_upload_without_arch_stores_the_dry_run(api: TestClient, onnx_file: Path) -> None:
+    resp = _upload(api, onnx_file)
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["arch"].startswith("onnx/") and body["num_classes"] == 6 and body["input_size"] == [3, 32, 32]
+    assert body["flops"] > 0 and body["params"] > 0
+    with session_scope(api.settings.database_url) as s:  # type: ignore[attr-defined]
+        dry = s.scalars(select(Model.dry_run).where(Model.id == body["id"])).one()
+    assert dry["prunable_groups"] > 0 and dry["prunable_channels"] > 0 and dry["unsupported_operators"] == []
+    assert any(k["reason"].startswith("classifier") for k in dry["kept_whole"])
+    assert dry["operators"]["Conv"] > 10 and dry["fidelity_max_abs_diff"] < 1e-4
+
+
+def _tiny(path: Path, nodes: list[Any], inits: list[TensorProto], domains: dict[str, int] | None = None) -> Path:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              initializer=inits)
+    opsets = [helper.make_opsetid(d, v) for d, v in (domains or {"": 17}).items()]
+    path.write_bytes(helper.make_model(graph, opset_imports=opsets).SerializeToString())
+    return path
+
+
+def _weight(**kw: Any) -> TensorProto:
+    return helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], np.ones(12, dtype=np.float32), **kw)
+
+
+def test_bad_onnx_is_refused_and_nothing_stored(api: TestClient, onnx_file: Path, tmp_path: Path) -> None:
+    conv = helper.make_node("Conv", ["x", "w"], ["y"])
+    ext = _weight()
+    ext.ClearField("float_data")
+    ext.data_location = TensorProto.EXTERNAL
+    ext.external_data.add(key="location", value="/etc/shadow")
+    big = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1 << 19, 1024, 1, 1], raw_data=b"\0" * 16)
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 2])
+    cases = {
+        "external data": _tiny(tmp_path / "ext.onnx", [conv], [ext]),
+        "not a standard ONNX domain": _tiny(tmp_path / "custom.onnx", [helper.make_node("Evil", ["x"], ["y"],
+                                                                                  domain="com.evil")], [],
+                                     {"": 17, "com.evil": 1}),
+        "elements": _tiny(tmp_path / "big.onnx", [conv], [big]),
+        "truncated or corrupt": cut,
+        "Hardmax": _tiny(tmp_path / "hardmax.onnx", [helper.make_node("Conv", ["x", "w"], ["c"]),
+                                                     helper.make_node("Hardmax", ["c"], ["y"])], [_weight()]),
+        "no prunable channel group": _tiny(tmp_path / "relu.onnx", [helper.make_node("Relu", ["x"], ["y"])], []),
+    }
+    for needle, path in cases.items():
+        body = _problem(_upload(api, path), 422)
+        assert needle in body["detail"], (needle, body["detail"])
+        assert path.name in body["detail"] and "/tmp" not in body["detail"]
+    assert stored_files(api.settings) == []  # type: ignore[attr-defined]
+    assert api.get("/v1/models").json()["items"] == []
+
+
+def test_architectures_are_paginated_and_searchable(api: TestClient) -> None:
+    first = api.get("/v1/architectures", params={"limit": 50}).json()
+    assert len(first["items"]) == 50 and first["next_offset"] == 50 and first["total"] > 1000
+    assert all("verified" in a and "family" in a for a in first["items"])
+    second = api.get("/v1/architectures", params={"limit": 50, "offset": 50}).json()
+    assert {a["name"] for a in first["items"]}.isdisjoint(a["name"] for a in second["items"])
+    found = api.get("/v1/architectures", params={"search": "GhostNet"}).json()
+    assert found["items"] and all("ghostnet" in a["name"] for a in found["items"]) and found["next_offset"] is None
+    assert not any(a["verified"] for a in found["items"])  # ghostnet: see simprune.zoo.libraries.VERIFIED_TIMM
+    assert api.get("/v1/architectures", params={"search": "timm/resnet10t"}).json()["items"][0]["verified"]
+    _problem(api.get("/v1/architectures", params={"limit": 0}), 422)
