@@ -31,7 +31,7 @@ lint: install
 	$(BIN)/ruff check simprune app worker alembic tests bench setup.py
 
 test: install lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 check-lib:
 	PY=$(PY) bash tests/lib_only_check.sh

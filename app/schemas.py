@@ -38,6 +38,9 @@ class ModelOut(BaseModel):
     filename: str
     mean: list[float] | None = None
     std: list[float] | None = None
+    dry_run: dict[str, Any] | None = Field(default=None, description=(
+        "For ONNX uploads: what pruning will see (prunable groups and channels, groups kept whole and why, "
+        "operators, conversion fidelity)."))
     created_at: datetime
 
 

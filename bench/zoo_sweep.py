@@ -82,6 +82,35 @@ def sweep_one(arch: str, hw: int | None, exports: tuple[str, ...], target: float
     return row
 
 
+def sweep_isolated(arch: str, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`sweep_one` in a child process with a wall-clock limit and an address-space cap, so that one
+    pathological model (a hang, a memory blow-up) is recorded as such and the sweep goes on."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, "--one", arch, "--target", str(args.target), "--tolerance", str(args.tolerance),
+           "--threads", str(args.threads), "--memory-gb", str(args.memory_gb), "--exports", *args.exports]
+    cmd += ["--hw", str(args.hw)] if args.hw else []
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"arch": arch, "result": f"did not finish in {args.timeout:g} s", "flops_reduction": None,
+                "seconds": round(time.perf_counter() - t0, 1)}
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
+        return {"arch": arch, "result": f"process died (exit {done.returncode}): {tail}", "flops_reduction": None,
+                "seconds": round(time.perf_counter() - t0, 1)}
+    return json.loads(lines[-1])
+
+
+def _limit_memory(max_bytes: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, resource.RLIM_INFINITY))
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as a markdown table."""
     lines = ["| architecture | result | FLOPs -% | seconds |", "|---|---|---|---|"]
@@ -102,14 +131,21 @@ def main() -> None:
     p.add_argument("--tolerance", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per architecture (each runs in a child)")
+    p.add_argument("--memory-gb", type=float, default=10, help="address-space cap of each child")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
-    import torch
+    if args.one:  # the child: one architecture, one JSON line
+        import torch
 
-    torch.set_num_threads(args.threads)
+        _limit_memory(int(args.memory_gb * (1 << 30)))
+        torch.set_num_threads(args.threads)
+        print(json.dumps(sweep_one(args.one, args.hw, tuple(args.exports), args.target, args.tolerance)))
+        return
     rows = []
     for arch in architectures(args.only):
-        row = sweep_one(arch, args.hw, tuple(args.exports), args.target, args.tolerance)
+        row = sweep_isolated(arch, args)
         print(json.dumps(row), flush=True)
         rows.append(row)
         if args.out:

@@ -103,9 +103,18 @@ class Client:
         """The pruning methods the server offers."""
         return self._json("GET", "/v1/methods")["items"]
 
-    def list_architectures(self) -> list[dict[str, Any]]:
-        """The architectures the server supports."""
-        return self._json("GET", "/v1/architectures")["items"]
+    def list_architectures(self, search: str | None = None) -> list[dict[str, Any]]:
+        """The architectures the server supports (every page), optionally only those matching ``search``."""
+        items: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            params: dict[str, Any] = {"offset": offset, "limit": 500}
+            if search:
+                params["search"] = search
+            page = self._json("GET", "/v1/architectures", params=params)
+            items.extend(page["items"])
+            offset = page.get("next_offset")
+        return items
 
     # uploads -----------------------------------------------------------------------------------------------
     def upload_model(self, path: str | Path, arch: str, num_classes: int | None = None,

@@ -68,6 +68,7 @@ def test_onnx_upload_without_arch_stores_the_dry_run(api: TestClient, onnx_file:
     assert dry["prunable_groups"] > 0 and dry["prunable_channels"] > 0 and dry["unsupported_operators"] == []
     assert any(k["reason"].startswith("classifier") for k in dry["kept_whole"])
     assert dry["operators"]["Conv"] > 10 and dry["fidelity_max_abs_diff"] < 1e-4
+    assert body["dry_run"] == dry  # the model record shows it
 
 
 def _tiny(path: Path, nodes: list[Any], inits: list[TensorProto], domains: dict[str, int] | None = None) -> Path:
