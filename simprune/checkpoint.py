@@ -201,6 +201,16 @@ def _load_safetensors(p: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{p.name} is not a valid safetensors file: {exc}") from None
 
 
+def _is_raw_pickle_opcode(msg: str) -> bool:
+    """Whether torch's weights-only unpickler stopped at a real pickle opcode it does not support (a raw
+    ``pickle.dumps`` file, e.g. protocol 4's FRAME) rather than at garbage bytes."""
+    import pickletools
+    import re
+
+    found = re.search(r"Unsupported operand (\d+)", msg)
+    return bool(found) and chr(int(found.group(1))) in {op.code for op in pickletools.opcodes}
+
+
 def _torch_load(f: BinaryIO, name: str) -> Any:
     # A file object, not a path: torch.load would hand paths ending in .safetensors to safetensors.
     try:
@@ -217,7 +227,7 @@ def _torch_load(f: BinaryIO, name: str) -> Any:
                 "refused: the file contains pickled objects other than tensors; only weights are accepted"
                 f"{detail}. Re-save with torch.save(model.state_dict(), path) or as safetensors."
             ) from None
-        if "Unsupported operand" in msg:  # a raw pickle (protocol >= 4 opcodes), not a torch.save file
+        if _is_raw_pickle_opcode(msg):  # a raw pickle (protocol >= 4 opcodes), not a torch.save file
             f.seek(0)
             head = f.read(2)
             proto = f" (protocol {head[1]})" if len(head) == 2 and head[0] == 0x80 else ""
