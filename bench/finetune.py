@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accuracy import file_digest  # bench/accuracy.py: cache keys follow the file's content
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -49,18 +49,6 @@ from simprune.zoo.cifar_resnet import IMAGENET_MEAN, IMAGENET_STD
 from simprune.zoo.registry import build_model
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-def file_digest(path: Path) -> str:
-    """The first 16 hex digits of the SHA-256 of a file (or a folder's files): cache keys follow the content,
-    not the name."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-        h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def tensors(zip_path: Path, limit: int | None, seed: int, cache: Path | None) -> TensorDataset:
