@@ -14,7 +14,7 @@ from app.api.limits import JsonBodyLimits, JsonLimits
 from app.api.observe import ObserveRequests
 from app.api.problems import install_problem_handlers
 from app.api.ratelimit import make_buckets, make_stream_slots
-from app.api.routes import datasets, health, jobs, meta, metrics, models
+from app.api.routes import datasets, device_profiles, health, jobs, meta, metrics, models
 from app.core.config import Settings, get_settings
 from app.storage import get_storage
 from app.ui import install_ui
@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stream_slots = make_stream_slots(settings)
     app.state.metrics = api_metrics = metrics.ApiMetrics(settings)
     install_problem_handlers(app)
-    for r in (models.router, datasets.router, jobs.router, meta.router, health.router, metrics.router):
+    for r in (models.router, datasets.router, device_profiles.router, jobs.router, meta.router, health.router,
+              metrics.router):
         app.include_router(r)
     install_docs(app)
     install_ui(app)

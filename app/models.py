@@ -131,6 +131,28 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DeviceProfile(Base):
+    """An uploaded, validated device latency profile (:class:`simprune.profiles.DeviceProfile` JSON, kept as
+    the uploaded file in storage; the columns are what listing and job validation need)."""
+
+    __tablename__ = "device_profiles"
+    __table_args__ = (Index("ix_device_profiles_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    arch: Mapped[str] = mapped_column(String(200))
+    input_size: Mapped[list[Any]] = mapped_column()
+    batch_size: Mapped[int] = mapped_column(Integer)
+    device_type: Mapped[str] = mapped_column(String(8))  # cpu | cuda
+    device_name: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     """A pruning job. ``status`` moves queued -> running -> succeeded|failed|cancelled (or queued -> cancelled).
 
@@ -154,6 +176,9 @@ class Job(Base):
     eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), default=None)
     train_dataset_id: Mapped[str | None] = mapped_column(  # spec["finetune"]["dataset_id"], as a foreign key
         ForeignKey("datasets.id", ondelete="SET NULL"), default=None
+    )
+    device_profile_id: Mapped[str | None] = mapped_column(  # the uploaded latency profile of a latency target
+        ForeignKey("device_profiles.id", ondelete="SET NULL"), default=None
     )
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the validated request: method, options, finetune...
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)

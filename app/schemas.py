@@ -67,10 +67,44 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
+class DeviceProfileOut(BaseModel):
+    """An uploaded device latency profile (its metadata; GET /v1/device-profiles/{id} adds the profile)."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={"examples": [{
+            "id": "prf_3c4b5a69788796a5b40d1f2e", "name": "jetson-orin-cpu", "arch": "cifar_resnet56",
+            "input_size": [3, 32, 32], "batch_size": 1, "device_type": "cpu", "device_name": "ARM Cortex-A78AE",
+            "sha256": "fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9", "size": 48213,
+            "filename": "orin.json", "created_at": "2026-11-26T10:00:00Z",
+        }]},
+    )
+
+    id: str
+    name: str
+    arch: str = Field(description="The architecture it was measured for; a job's model must have the same.")
+    input_size: list[int] = Field(description="The input size it was measured at; a job's model must match.")
+    batch_size: int
+    device_type: str = Field(description="cpu or cuda")
+    device_name: str
+    sha256: str
+    size: int
+    filename: str
+    created_at: datetime
+
+
+class DeviceProfileDetail(DeviceProfileOut):
+    """A device profile with its content (``simprune-device-profile/1``, see simprune.profiles)."""
+
+    profile: dict[str, Any] = Field(description="The profile as uploaded (validated): environment, dense_ms, "
+                                                "groups, blocks...")
+
+
 class JobCreate(JobSpec):
     """A job on an uploaded model (JSON body of POST /v1/jobs): the engine's :class:`simprune.jobspec.JobSpec`
-    plus the ids of the model and the datasets. ``train_dataset_id`` defaults to the calibration dataset when
-    fine-tuning or training."""
+    plus the ids of the model, the datasets and the device profile. ``train_dataset_id`` defaults to the
+    calibration dataset when fine-tuning or training. ``target_speedup`` needs ``device_profile_id`` or
+    ``latency_profile: "worker"``."""
 
     model_config = ConfigDict(
         extra="forbid", allow_inf_nan=False,
@@ -87,6 +121,10 @@ class JobCreate(JobSpec):
                                         description="Dataset to measure accuracy before/after.")
     train_dataset_id: str | None = Field(default=None, max_length=64, description=(
         "Training data for fine-tuning and the training methods (default: the calibration dataset)."))
+    device_profile_id: str | None = Field(default=None, max_length=64, description=(
+        "An uploaded device profile (POST /v1/device-profiles) for a latency target such as target_speedup; "
+        "it must be measured for the model's architecture and input size. Alternatively latency_profile "
+        "'worker' measures one on the worker."))
     time_limit_s: float | None = Field(
         default=None, gt=0, le=30 * 24 * 3600,
         description="Fail the job when it runs longer than this (capped by the server's limit).")
@@ -130,6 +168,7 @@ class JobOut(BaseModel):
     calibration_dataset_id: str | None = None
     eval_dataset_id: str | None = None
     train_dataset_id: str | None = None
+    device_profile_id: str | None = None
     method: str = Field(description="The job's method (also in ``spec``).")
     spec: dict[str, Any] = Field(description="The validated job spec (simprune.jobspec.JobSpec), with time_limit_s.")
     error: str | None

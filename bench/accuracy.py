@@ -51,13 +51,14 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_tensors(zip_path: Path, limit: int | None, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_tensors(zip_path: Path, limit: int | None, cache: Path, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode (once) a class-balanced, seeded subset of an ImageFolder zip into normalised tensors."""
-    f = cache / f"{zip_path.stem}_{file_digest(zip_path)}_{limit or 'all'}.pt"
+    tag = f"_s{seed}" if seed else ""
+    f = cache / f"{zip_path.stem}_{file_digest(zip_path)}_{limit or 'all'}{tag}.pt"
     if f.exists():
         d = torch.load(f, weights_only=True)
         return d["x"], d["y"]
-    ds = open_dataset(zip_path, mean=IMAGENET_MEAN, std=IMAGENET_STD, limit=limit, seed=0)
+    ds = open_dataset(zip_path, mean=IMAGENET_MEAN, std=IMAGENET_STD, limit=limit, seed=seed)
     xs, ys = zip(*[ds[i] for i in range(len(ds))], strict=True)
     x, y = torch.stack(xs), torch.tensor(ys)
     cache.mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,27 @@ def tp_l1(model: nn.Module, example: torch.Tensor, target: float) -> tuple[nn.Mo
     return best
 
 
+def _label(method: str, args: argparse.Namespace) -> str:
+    """Row label: the method, then the preset or the non-default switches."""
+    if args.preset:
+        return f"{method}@{args.preset}"
+    label = method if args.allocation == "uniform" else f"{method}+{args.allocation}"
+    return label + ("+seq" if args.sequential else "")
+
+
+def _settings(args: argparse.Namespace, on: bool) -> dict[str, Any]:
+    """prune() keyword arguments for a row: a preset's settings, or the command line's switches."""
+    if args.preset:
+        from simprune.presets import resolve_preset
+
+        r = resolve_preset(args.preset, has_calibration=True)
+        return {"allocation": r["allocation"], "compensation": r["compensation"],
+                "allocation_options": r["allocation_options"] or None}
+    return {"compensation": None if on else {"fold": False, "lstsq": False, "bn": False},
+            "compensation_options": {"sequential": True} if on and args.sequential else None,
+            "allocation": args.allocation, "allocation_options": json.loads(args.allocation_options) or None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", default="resnet56,resnet20")
@@ -125,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allocation-options", default="{}", help="JSON, e.g. '{\"n_images\": 512}'")
     ap.add_argument("--sequential", action="store_true",
                     help="sequential pruning (select and re-fit group by group) when compensation is on")
+    ap.add_argument("--preset", default="", choices=("", "fast", "balanced", "best"),
+                    help="run a named preset (simprune.presets) instead of the switches above; rows are labelled "
+                         "method@preset")
+    ap.add_argument("--seeds", default="0", help="calibration sampling seeds (rows per seed; the table shows the "
+                                                 "mean and the spread)")
     ap.add_argument("--eval-samples", type=int, default=0, help="seeded test subset (0 = all 10,000)")
     ap.add_argument("--calib-samples", type=int, default=1024)
     ap.add_argument("--cache", default="/tmp/simprune_bench_cache")
@@ -156,22 +183,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy.py: checkpoint of {', '.join(missing)} not found in {args.checkpoints}", file=sys.stderr)
         return 2
     cache = Path(args.cache)
-    calib, _ = cached_tensors(data / "train.zip", args.calib_samples, cache)
     tx, ty = cached_tensors(data / "test.zip", None, cache)
     if args.eval_samples and args.eval_samples < len(tx):
         idx = torch.randperm(len(tx), generator=torch.Generator().manual_seed(1))[: args.eval_samples]
         tx, ty = tx[idx], ty[idx]
-    example = calib[:1].to(device)
     rows: list[dict[str, Any]] = []
     out = Path(args.out)
     if args.resume and out.exists():
         rows = json.loads(out.read_text())["rows"]
-    done = {(r["net"], r["method"], r["compensation"], r["target"]) for r in rows}
+    done = {(r["net"], r["method"], r["compensation"], r["target"], r.get("seed", 0)) for r in rows}
 
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
-        out.write_text(json.dumps({"eval_samples": len(tx), "calib_samples": len(calib), "rows": rows}, indent=1))
+        out.write_text(json.dumps({"eval_samples": len(tx), "calib_samples": args.calib_samples, "rows": rows},
+                                  indent=1))
 
     for net in args.nets.split(","):
         base = load_net(net, device, args.checkpoints)
@@ -180,37 +206,37 @@ def main(argv: list[str] | None = None) -> int:
         if not prev:
             record({"net": net, "method": "dense", "compensation": None, "target": 0.0, "flops_reduction": 0.0,
                     "accuracy": base_acc})
-        for target in [float(t) for t in args.targets.split(",")]:
-            if not args.no_tp and (net, "torch_pruning_l1", "off", target) not in done:
-                t0 = time.perf_counter()
-                m, red = tp_l1(base, example, target)
-                record({"net": net, "method": "torch_pruning_l1", "compensation": "off", "target": target,
-                        "flops_reduction": red, "accuracy": accuracy(m, tx, ty, device),
-                        "prune_s": time.perf_counter() - t0})
-            for method in args.methods.split(","):
-                label = method if args.allocation == "uniform" else f"{method}+{args.allocation}"
-                label += "+seq" if args.sequential else ""
-                for comp in args.compensation.split(","):
-                    if (net, label, comp, target) in done:
-                        continue
-                    on = comp == "on"
+        for seed in [int(v) for v in args.seeds.split(",")]:
+            calib, _ = cached_tensors(data / "train.zip", args.calib_samples, cache, seed)
+            for target in [float(t) for t in args.targets.split(",")]:
+                if not args.no_tp and (net, "torch_pruning_l1", "off", target, seed) not in done and seed == 0:
                     t0 = time.perf_counter()
-                    pm, rep = prune(base, example, method, target_flops_reduction=target, calib=calib,
-                                    compensation=None if on else {"fold": False, "lstsq": False, "bn": False},
-                                    compensation_options={"sequential": True} if on and args.sequential else None,
-                                    allocation=args.allocation, device=device,
-                                    allocation_options=json.loads(args.allocation_options) or None)
-                    prune_s = time.perf_counter() - t0
-                    record({"net": net, "method": label, "compensation": comp, "target": target,
-                            "flops_reduction": rep["flops_reduction"], "params_reduction": rep["params_reduction"],
-                            "accuracy": accuracy(pm, tx, ty, device), "base_accuracy": base_acc,
-                            "prune_s": prune_s, "timings": rep["timings"]})
+                    m, red = tp_l1(base, calib[:1].to(device), target)
+                    record({"net": net, "method": "torch_pruning_l1", "compensation": "off", "target": target,
+                            "flops_reduction": red, "accuracy": accuracy(m, tx, ty, device),
+                            "prune_s": time.perf_counter() - t0})
+                for method in args.methods.split(","):
+                    for comp in (["on"] if args.preset else args.compensation.split(",")):
+                        row = {"net": net, "method": _label(method, args), "compensation": comp, "target": target,
+                               "seed": seed}
+                        if (net, row["method"], comp, target, seed) in done:
+                            continue
+                        t0 = time.perf_counter()
+                        pm, rep = prune(base, calib[:1].to(device), method, target_flops_reduction=target,
+                                        calib=calib, device=device, **_settings(args, comp == "on"))
+                        row.update({"flops_reduction": rep["flops_reduction"],
+                                    "params_reduction": rep["params_reduction"],
+                                    "accuracy": accuracy(pm, tx, ty, device), "base_accuracy": base_acc,
+                                    "prune_s": time.perf_counter() - t0, "timings": rep["timings"],
+                                    "dropped_blocks": rep.get("dropped_blocks")})
+                        record(row)
     print_table(rows)
     return 0
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """Markdown: one row per (net, method), one column per (target, compensation)."""
+    """Markdown: one row per (net, method), one column per (target, compensation); over several calibration
+    seeds a cell is the mean and the spread (max - min)."""
     cols = sorted({(r["target"], r["compensation"] or "") for r in rows if r["method"] != "dense"})
     print("\n| net | method | " + " | ".join(f"{t:.0%} {c}".strip() for t, c in cols) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in cols) + " |")
@@ -221,9 +247,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for net, method in keys:
         cells = []
         for t, c in cols:
-            hit = [r for r in rows if r["net"] == net and r["method"] == method
-                   and ((r["target"], r["compensation"] or "") == (t, c) or method == "dense")]
-            cells.append(f"{hit[0]['accuracy']:.2f}" if hit and (method != "dense" or not cells) else "")
+            accs = [r["accuracy"] for r in rows if r["net"] == net and r["method"] == method
+                    and ((r["target"], r["compensation"] or "") == (t, c) or method == "dense")]
+            if not accs or (method == "dense" and cells):
+                cells.append("")
+            elif len(accs) == 1:
+                cells.append(f"{accs[0]:.2f}")
+            else:
+                cells.append(f"{sum(accs) / len(accs):.2f} ({max(accs) - min(accs):.2f}, n={len(accs)})")
         print(f"| {net} | {method} | " + " | ".join(cells) + " |")
 
 

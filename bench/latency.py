@@ -20,11 +20,26 @@ Usage::
     python bench/latency.py --out bench_latency.json                   # full run (slow for resnet50 b32)
     python bench/latency.py --quick --out bench_latency.json           # fewer repeats
     python bench/latency.py --archs cifar_resnet56 --batches 1 --channels-last --out r56.json
-    python bench/latency.py --device cuda --modes fp32 bf16-compile --out gpu.json   # deployment modes
+    python bench/latency.py --device cuda --modes fp32 bf16-cl compile bf16-cl-compile onnxruntime \
+        --batches 1 256 --out gpu.json                                  # deployment modes
+    python bench/latency.py --archs cifar_resnet56 --target-speedup 2 --threads 2 --out r56_speedup.json
 
-``--modes``: ``fp32`` (eager, float32: the default) and ``bf16-compile`` (weights and input in bfloat16, the
-model through ``torch.compile``; compile time is spent in the warm-up, not timed). ``--device cuda`` on a
-machine without CUDA fails with one line (exit code 2).
+``--modes`` (the deployment modes, each timing dense and pruned in the same rounds): ``fp32`` (eager,
+float32: the default), ``bf16-cl`` (weights and input in bfloat16, channels_last, eager), ``compile``
+(float32 through ``torch.compile``), ``bf16-compile`` (bfloat16 through ``torch.compile``; with
+``--channels-last`` also channels_last), ``bf16-cl-compile`` (bfloat16, channels_last, ``torch.compile``) and
+``onnxruntime`` (each model exported with simprune's ONNX exporter and run as an ONNX Runtime session: the CUDA
+provider on ``--device cuda`` when onnxruntime has it, inputs copied from the host each call, else the CPU
+provider with ``--threads``). Compile time is spent in the warm-up, not timed. ``--device cuda`` on a machine
+without CUDA fails with one line (exit code 2).
+
+``--target-speedup S``: per architecture, a device profile is measured in the same run (``--device``, batch
+``--profile-batch``, ``--profile-budget-s``; :func:`simprune.profiling.measure_profile`), the model is pruned
+with ``target_speedup=S`` and that profile (variant ``speedup``, with ``predicted_speedup``), and, for
+comparison, with simprune's FLOPs-targeted default at the same FLOPs reduction (variant ``flops``, no rounding);
+then dense and both are timed as above. ``--allocation sensitivity --depth`` lets the latency allocation drop
+residual blocks (random calibration images: the bench times random-weight models, accuracy is not its
+subject).
 
 Prints a markdown table and writes ``{"config": ..., "rows": [...]}`` to ``--out``.
 """
@@ -236,6 +251,50 @@ def build_variants(
     return variants, tuple(info.input_size), info.num_classes
 
 
+def build_speedup_variants(arch: str, args: argparse.Namespace, log: Callable[[str], None]
+                           ) -> tuple[list[Variant], tuple[int, ...], int]:
+    """Dense, pruned to ``--target-speedup`` with a profile measured here, and the FLOPs-targeted default at the
+    same FLOPs reduction."""
+    import simprune
+    from simprune.profiling import ProfileSettings, measure_profile
+    from simprune.zoo import build_model, get_arch
+
+    info = get_arch(arch)
+    torch.manual_seed(0)
+    dense = build_model(arch).eval()
+    example = torch.randn(1, *info.input_size)
+    macs, params = count_macs(dense, example)
+    t0 = time.perf_counter()
+    result = measure_profile(dense, arch, info.input_size, args.device, ProfileSettings(
+        batch_size=args.profile_batch, budget_s=args.profile_budget_s, threads=args.threads))
+    profile = result.profile
+    log(f"  {arch} profile: {len(profile.groups)} groups, {len(profile.blocks)} blocks, round_to {profile.round_to}, "
+        f"{result.seconds:.0f}s; checks " + ", ".join(f"{c['predicted_speedup']:.2f}x predicted / "
+                                                       f"{c['measured_speedup']:.2f}x measured" for c in result.checks))
+    calib = torch.randn(args.calib_images, *info.input_size) if args.allocation == "sensitivity" else None
+    kwargs: dict[str, Any] = {"allocation": args.allocation, "calib": calib}
+    if args.depth:
+        kwargs["allocation_options"] = {"depth": True}
+    t1 = time.perf_counter()
+    fast, report = simprune.prune(copy.deepcopy(dense), example, method=args.method, target_speedup=args.target_speedup,
+                                  latency_profile=profile, **kwargs)
+    t2 = time.perf_counter()
+    reduction = 1.0 - report["flops_after"] / report["flops_before"]
+    same_flops, _ = prune_simprune(dense, example, reduction, None, args.method)
+    t3 = time.perf_counter()
+    variants = [Variant("dense", None, dense, macs, params)]
+    extra = {"predicted_speedup": round(report.get("predicted_speedup") or 0.0, 4), "profile_s": round(t1 - t0, 1),
+             "dropped_blocks": len(report.get("dropped_blocks") or []), "profile_checks": result.checks}
+    same = {"target_flops_reduction": round(reduction, 4)}
+    for name, model, rt, dt, ex in (("speedup", fast, report.get("round_to"), t2 - t1, extra),
+                                    ("flops", same_flops, None, t3 - t2, same)):
+        model = model.to("cpu").eval()
+        p_macs, p_params = count_macs(model, example)
+        variants.append(Variant(name, rt, model, p_macs, p_params, dt, ex))
+        log(f"  {arch} {name}: FLOPs ratio {macs / p_macs:.3f} (pruned in {dt:.1f}s)")
+    return variants, tuple(info.input_size), info.num_classes
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark described by ``args``; returns the json document."""
     torch.set_num_threads(args.threads)
@@ -250,52 +309,81 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for arch in args.archs:
         log(f"{arch}: pruning")
-        variants, input_size, _ = build_variants(arch, round_tos, methods, args.target, args.method, log)
+        if args.target_speedup:
+            variants, input_size, _ = build_speedup_variants(arch, args, log)
+        else:
+            variants, input_size, _ = build_variants(arch, round_tos, methods, args.target, args.method, log)
         for fmt, mode in formats:
-            mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-            models = [deploy(copy.deepcopy(v.model).to(device, memory_format=mf).eval(), mode) for v in variants]
+            fmt = "channels_last" if "-cl" in mode else fmt
+            models = [deploy(v.model, mode, device, fmt, input_size) for v in variants]
             for batch in args.batches:
-                x = torch.randn(batch, *input_size, device=device).to(memory_format=mf)
-                x = x.to(torch.bfloat16) if mode == "bf16-compile" else x
+                x = deploy_input(torch.randn(batch, *input_size), mode, device, fmt)
                 log(f"{arch} {fmt} {mode} batch {batch}: timing {len(models)} models")
                 times = time_round_robin(models, x, args.warmup, args.repeats, args.budget_s, device)
-                dense_ms = statistics.median(times[0]) * 1e3
-                dense_min = min(times[0]) * 1e3
-                for v, ts in zip(variants, times, strict=True):
-                    ms = statistics.median(ts) * 1e3
-                    flops_ratio = variants[0].macs / v.macs
-                    speedup = dense_ms / ms
-                    rows.append(
-                        {
-                            "arch": arch,
-                            "batch": batch,
-                            "memory_format": fmt,
-                            "mode": mode,
-                            "variant": v.name,
-                            "round_to": v.round_to,
-                            "gmacs": round(v.macs / 1e9, 4),
-                            "params_m": round(v.params / 1e6, 4),
-                            "flops_ratio": round(flops_ratio, 4),
-                            "latency_ms": round(ms, 3),
-                            "latency_iqr_ms": round(_iqr(ts) * 1e3, 3),
-                            "latency_min_ms": round(min(ts) * 1e3, 3),
-                            "runs": len(ts),
-                            "speedup": round(speedup, 4),
-                            "efficiency": round(speedup / flops_ratio, 4),
-                            "efficiency_min": round(dense_min / (min(ts) * 1e3) / flops_ratio, 4),
-                            "prune_s": round(v.prune_s, 2),
-                            **v.extra,
-                        }
-                    )
+                rows += [_row(arch, batch, fmt, mode, v, ts, variants[0], times[0])
+                         for v, ts in zip(variants, times, strict=True)]
             del models
     return {"config": _config(args, methods), "rows": rows}
 
 
-def deploy(model: nn.Module, mode: str) -> Any:
-    """``model`` as it is deployed in ``mode``: eager float32, or bfloat16 through ``torch.compile``."""
-    if mode == "bf16-compile":
-        return torch.compile(model.to(torch.bfloat16))
-    return model
+def _row(arch: str, batch: int, fmt: str, mode: str, v: Variant, ts: list[float], dense: Variant,
+         dense_ts: list[float]) -> dict[str, Any]:
+    ms, dense_ms = statistics.median(ts) * 1e3, statistics.median(dense_ts) * 1e3
+    flops_ratio = dense.macs / v.macs
+    speedup = dense_ms / ms
+    return {"arch": arch, "batch": batch, "memory_format": fmt, "mode": mode, "variant": v.name,
+            "round_to": v.round_to, "gmacs": round(v.macs / 1e9, 4), "params_m": round(v.params / 1e6, 4),
+            "flops_ratio": round(flops_ratio, 4), "latency_ms": round(ms, 3),
+            "latency_iqr_ms": round(_iqr(ts) * 1e3, 3), "latency_min_ms": round(min(ts) * 1e3, 3), "runs": len(ts),
+            "speedup": round(speedup, 4), "speedup_min": round(min(dense_ts) / min(ts), 4),
+            "efficiency": round(speedup / flops_ratio, 4),
+            "efficiency_min": round(min(dense_ts) / min(ts) / flops_ratio, 4), "prune_s": round(v.prune_s, 2),
+            **{k: val for k, val in v.extra.items() if k != "profile_checks"}}
+
+
+MODES = ("fp32", "bf16-cl", "compile", "bf16-compile", "bf16-cl-compile", "onnxruntime")
+
+
+def deploy(model: nn.Module, mode: str, device: torch.device, fmt: str,
+           input_size: tuple[int, ...]) -> Callable[[Any], Any]:
+    """A copy of ``model`` as deployed in ``mode`` (see the module docstring), as a callable on its input."""
+    if mode == "onnxruntime":
+        return _ort_callable(model, device, input_size)
+    mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    m = copy.deepcopy(model).to(device, memory_format=mf).eval()
+    if mode.startswith("bf16"):
+        m = m.to(torch.bfloat16)
+    return torch.compile(m) if mode.endswith("compile") else m
+
+
+def deploy_input(x: torch.Tensor, mode: str, device: torch.device, fmt: str) -> Any:
+    """The input as ``mode`` takes it: a host numpy array for ONNX Runtime, else a device tensor."""
+    if mode == "onnxruntime":
+        return x.numpy()
+    x = x.to(device).to(memory_format=torch.channels_last if fmt == "channels_last" else torch.contiguous_format)
+    return x.to(torch.bfloat16) if mode.startswith("bf16") else x
+
+
+def _ort_callable(model: nn.Module, device: torch.device, input_size: tuple[int, ...]) -> Callable[[Any], Any]:
+    """``model`` exported to ONNX (dynamic batch) and wrapped as an ONNX Runtime session call."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from simprune.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="bench-ort-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        example = torch.randn(1, *input_size)
+        export_onnx(copy.deepcopy(model).cpu().eval(), example, path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.log_severity_level = 3
+        cuda = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        sess = ort.InferenceSession(str(path), sess_options=opts,
+                                    providers=["CUDAExecutionProvider" if cuda else "CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})
 
 
 def _iqr(xs: list[float]) -> float:
@@ -315,9 +403,16 @@ def _config(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
         machine=platform.machine(),
         processor=platform.processor() or platform.machine(),
         cpu_count=os.cpu_count(),
+        device_name=_device_name(args.device),
         date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     return cfg
+
+
+def _device_name(device: str) -> str:
+    from simprune.latency import device_name
+
+    return device_name(device)
 
 
 def markdown_table(doc: dict[str, Any]) -> str:
@@ -331,9 +426,10 @@ def markdown_table(doc: dict[str, Any]) -> str:
         dense = r["variant"] == "dense"
         eff = "-" if dense else f"{r['efficiency']:.0%}"
         eff_min = "-" if dense else f"{r['efficiency_min']:.0%}"
+        variant = r["variant"] + (f" (pred. {r['predicted_speedup']:.2f}x)" if r.get("predicted_speedup") else "")
         lines.append(
             f"| {r['arch']} | {r['batch']} | {r['memory_format']}"
-            f"{'' if r.get('mode', 'fp32') == 'fp32' else ' ' + r['mode']} | {r['variant']} | {r['round_to'] or '-'} "
+            f"{'' if r.get('mode', 'fp32') == 'fp32' else ' ' + r['mode']} | {variant} | {r['round_to'] or '-'} "
             f"| {r['gmacs']:.3f} | {r['flops_ratio']:.2f} "
             f"| {r['latency_ms']:.2f} ({r['latency_iqr_ms']:.2f}) "
             f"| {r['latency_min_ms']:.2f} | {r['speedup']:.2f} | {eff} | {eff_min} |"
@@ -342,7 +438,9 @@ def markdown_table(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"threads={c['threads']}, torch {c['torch']}, torch-pruning {c['torch_pruning']}, "
-        f"{c['processor']} ({c['cpu_count']} CPUs), target FLOPs reduction {c['target']:.0%}"
+        f"{c['processor']} ({c['cpu_count']} CPUs), "
+        + (f"target speedup {c['target_speedup']:g}x (profile batch {c['profile_batch']})" if c.get("target_speedup")
+           else f"target FLOPs reduction {c['target']:.0%}")
     )
     return "\n".join(lines)
 
@@ -360,8 +458,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=0.5, help="target FLOPs reduction (0.5 = half the FLOPs)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (fixed for the whole run)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--modes", nargs="+", default=["fp32"], choices=["fp32", "bf16-compile"],
-                   help="deployment modes timed (fp32 eager; bf16 weights through torch.compile)")
+    p.add_argument("--modes", nargs="+", default=["fp32"], choices=list(MODES),
+                   help="deployment modes timed (see the module docstring)")
+    p.add_argument("--target-speedup", type=float, default=None,
+                   help="prune to this speedup with a profile measured in the same run (and the FLOPs default)")
+    p.add_argument("--profile-batch", type=int, default=1, help="batch size of that profile")
+    p.add_argument("--profile-budget-s", type=float, default=300.0, help="time budget of that profile")
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "global", "sensitivity"],
+                   help="allocation of the --target-speedup pruning")
+    p.add_argument("--depth", action="store_true", help="with --allocation sensitivity: also drop residual blocks")
+    p.add_argument("--calib-images", type=int, default=64, help="random calibration images for sensitivity")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=30, help="max timed rounds per (arch, batch)")
     p.add_argument("--budget-s", type=float, default=60.0, help="time budget per (arch, batch, format) cell")
@@ -374,6 +480,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup, args.repeats, args.budget_s = 2, min(args.repeats, 7), min(args.budget_s, 20.0)
     if not 0.0 < args.target < 1.0 or math.isnan(args.target):
         p.error("--target must be in (0, 1)")
+    if args.target_speedup is not None and not 1.0 < args.target_speedup <= 20.0:
+        p.error("--target-speedup must be in (1, 20]")
+    if args.depth and args.allocation != "sensitivity":
+        p.error("--depth needs --allocation sensitivity")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.exit(2, f"latency.py: --device {args.device}: CUDA is not available on this machine; use --device cpu\n")
     return args

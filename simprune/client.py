@@ -11,8 +11,10 @@ Example::
         c.download(job["id"], "model.pt2", "out/model.pt2")
 
 Every verb of the REST API has a method: ``list_models``/``list_datasets``/``list_jobs`` (one page) and
-``iter_*`` (every page), ``get_*``, ``delete_*``, ``find_model``/``find_dataset`` (by content hash, so an upload
-can be reused), ``cancel``, ``events`` (the job's server-sent events as an iterator), ``wait`` and ``download``.
+``iter_*`` (every page), ``get_*``, ``delete_*``, ``find_model``/``find_dataset``/``find_device_profile`` (by
+content hash, so an upload can be reused), ``upload_device_profile`` (a ``simprune profile`` file, for
+``submit(..., target_speedup=2.0, device_profile_id=...)``), ``cancel``, ``events`` (the job's server-sent
+events as an iterator), ``wait`` and ``download``.
 """
 
 from __future__ import annotations
@@ -137,6 +139,14 @@ class Client:
         with open(p, "rb") as fh:
             return self._json("POST", "/v1/datasets", files={"file": (p.name, fh)})
 
+    def upload_device_profile(self, path: str | Path, name: str | None = None) -> dict[str, Any]:
+        """Upload a device latency profile (``simprune profile`` output); returns its metadata (id, arch,
+        input_size, device...). ``name`` labels it (default: the file name without its extension)."""
+        p = Path(path)
+        with open(p, "rb") as fh:
+            return self._json("POST", "/v1/device-profiles", data={"name": name} if name else {},
+                              files={"file": (p.name, fh, "application/json")})
+
     def list_models(self, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
         """One page of models: ``{"items": [...], "next_cursor": ...}``."""
         return self._json("GET", "/v1/models", params=_page_params(cursor, limit))
@@ -145,6 +155,10 @@ class Client:
         """One page of datasets: ``{"items": [...], "next_cursor": ...}``."""
         return self._json("GET", "/v1/datasets", params=_page_params(cursor, limit))
 
+    def list_device_profiles(self, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """One page of device profiles: ``{"items": [...], "next_cursor": ...}``."""
+        return self._json("GET", "/v1/device-profiles", params=_page_params(cursor, limit))
+
     def iter_models(self) -> Iterator[dict[str, Any]]:
         """Every model of the tenant, newest first (pages through the list)."""
         return self._iter_pages(self.list_models)
@@ -152,6 +166,10 @@ class Client:
     def iter_datasets(self) -> Iterator[dict[str, Any]]:
         """Every dataset of the tenant, newest first."""
         return self._iter_pages(self.list_datasets)
+
+    def iter_device_profiles(self) -> Iterator[dict[str, Any]]:
+        """Every device profile of the tenant, newest first."""
+        return self._iter_pages(self.list_device_profiles)
 
     def iter_jobs(self, status: str | None = None) -> Iterator[dict[str, Any]]:
         """Every job of the tenant (optionally only those with ``status``), newest first."""
@@ -175,6 +193,10 @@ class Client:
         """One dataset."""
         return self._json("GET", f"/v1/datasets/{dataset_id}")
 
+    def get_device_profile(self, profile_id: str) -> dict[str, Any]:
+        """One device profile: its metadata and, under ``profile``, the profile itself."""
+        return self._json("GET", f"/v1/device-profiles/{profile_id}")
+
     def delete_model(self, model_id: str) -> None:
         """Delete a model and its file (409 while an active job uses it)."""
         self._request("DELETE", f"/v1/models/{model_id}")
@@ -183,6 +205,10 @@ class Client:
         """Delete a dataset and its file (409 while an active job uses it)."""
         self._request("DELETE", f"/v1/datasets/{dataset_id}")
 
+    def delete_device_profile(self, profile_id: str) -> None:
+        """Delete a device profile (409 while an active job uses it)."""
+        self._request("DELETE", f"/v1/device-profiles/{profile_id}")
+
     def find_model(self, sha256: str, arch: str | None = None) -> dict[str, Any] | None:
         """An uploaded model with this content hash (and architecture), or None."""
         return next((m for m in self.iter_models() if m["sha256"] == sha256 and arch in (None, m["arch"])), None)
@@ -190,6 +216,10 @@ class Client:
     def find_dataset(self, sha256: str) -> dict[str, Any] | None:
         """An uploaded dataset with this content hash, or None."""
         return next((d for d in self.iter_datasets() if d["sha256"] == sha256), None)
+
+    def find_device_profile(self, sha256: str) -> dict[str, Any] | None:
+        """An uploaded device profile with this content hash, or None."""
+        return next((p for p in self.iter_device_profiles() if p["sha256"] == sha256), None)
 
     # jobs --------------------------------------------------------------------------------------------------
     def submit(self, model_id: str, method: str, target_flops_reduction: float | None = None,

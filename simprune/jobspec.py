@@ -77,7 +77,7 @@ class FinetuneSpec(FinetuneConfig):
 
 
 class JobSpec(_Strict):
-    """How to prune. Give exactly one of ``target_flops_reduction`` and ``pruning_ratio``."""
+    """How to prune. Give exactly one of ``target_flops_reduction``, ``pruning_ratio`` and ``target_speedup``."""
 
     method: str = Field(max_length=64, description="A name from GET /v1/methods (simprune methods).",
                         examples=["qsfm"])
@@ -86,12 +86,26 @@ class JobSpec(_Strict):
     pruning_ratio: float | Literal["auto"] | None = Field(
         default=None, description="Fraction of channels to remove per prunable group, in [0, 1), or 'auto' "
                                   "(the method's own count).")
+    target_speedup: float | None = Field(
+        default=None, gt=1, le=20, description="Latency target: the pruned model predicted this many times faster "
+        "than the dense one by a device profile: latency_profile 'worker' or an uploaded one (device_profile_id in "
+        "the API, which asks for one of the two; the library and the CLI fall back to 'worker'). Not for the "
+        "training methods.")
+    latency_profile: Literal["worker"] | None = Field(
+        default=None, description="'worker': the device profile measured (once, then cached) on the worker's own "
+        "device; it also sets round_to when round_to is not given.")
     options: dict[str, Any] = Field(default_factory=dict, description="Method options (see GET /v1/methods).")
-    allocation: Literal["uniform", "global", "sensitivity"] = Field(
-        default="uniform", description="How the reduction is spread over layers; sensitivity needs calibration "
-                                       "data.")
+    preset: Literal["fast", "balanced", "best"] | None = Field(
+        default=None, description="Named pipeline (see GET /v1/methods 'presets'): fast, balanced or best. "
+        "Default: best with calibration data, the data-free path without. allocation, depth and compensation "
+        "switches given explicitly override the preset's.")
+    allocation: Literal["uniform", "global", "sensitivity"] | None = Field(
+        default=None, description="How the reduction is spread over layers (default: the preset's); sensitivity "
+                                  "needs calibration data.")
+    depth: bool | None = Field(default=None, description="With allocation 'sensitivity': also weigh dropping whole "
+                        "residual blocks (where the architecture allows) against narrowing layers.")
     round_to: int | None = Field(default=None, ge=1, le=1024, description="Keep channel counts multiples of N.")
-    compensation: dict[Literal["fold", "lstsq", "bn", "sequential"], bool] | None = Field(
+    compensation: dict[Literal["fold", "lstsq", "bn", "block_recon", "sequential"], bool] | None = Field(
         default=None, description="Compensation switches with calibration data: fold, lstsq, bn (on by default) "
         "and sequential (off: select and re-fit group by group).")
     calib_samples: int = Field(default=CALIB_SAMPLES, ge=1, le=1_000_000, description="Calibration samples used.")
@@ -102,6 +116,14 @@ class JobSpec(_Strict):
         default_factory=lambda: list(EXPORT_FORMATS), max_length=3, description="Export formats to write.")
     finetune: FinetuneSpec | None = Field(
         default=None, description="Fine-tune after pruning (or train, for dcff/ssc); needs training data.")
+    measure_latency: bool | None = Field(
+        default=None, description="Time the dense and the pruned model on the worker's device (eager and ONNX "
+        "Runtime, batch 1 and a throughput batch) for the report's latency section. Default: on (an operator "
+        "can change the default with SIMPRUNE_MEASURE_LATENCY=0).")
+    latency_budget_s: float = Field(default=60.0, ge=1, le=3600, description="Time budget of that measurement.")
+    latency_batch_sizes: list[int] | None = Field(
+        default=None, min_length=1, max_length=4, description="Batch sizes timed (default: 1 and 32 on CPU, 1 and "
+        "256 on CUDA, lowered to fit memory).")
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where the job runs: auto (the worker's device; training jobs go to GPU "
                                     "workers when any is alive), cpu, or cuda (a GPU worker; refused when none is "
@@ -139,15 +161,37 @@ class JobSpec(_Strict):
                                       {"method": name, "detail": detail}) from None
         return options
 
+    @field_validator("latency_batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(not 1 <= b <= 4096 for b in v):
+            raise ValueError("latency batch sizes are in [1, 4096]")
+        return v
+
     @model_validator(mode="after")
     def _rules(self) -> JobSpec:
-        if (self.target_flops_reduction is None) == (self.pruning_ratio is None):
-            raise ValueError("give exactly one of target_flops_reduction and pruning_ratio")
+        targets = (self.target_flops_reduction, self.pruning_ratio, self.target_speedup)
+        if sum(t is not None for t in targets) != 1:
+            raise ValueError("give exactly one of target_flops_reduction, pruning_ratio and target_speedup")
+        if self.target_speedup is not None and self._trains():
+            raise ValueError(f"method '{self.method}' trains the network and has no latency target; give "
+                             "target_flops_reduction or pruning_ratio")
         if isinstance(self.pruning_ratio, float) and not 0 <= self.pruning_ratio < 1:
             raise ValueError("pruning_ratio must be in [0, 1) or 'auto'")
+        if self.depth and (self.allocation or self._preset_allocation()) != "sensitivity":
+            raise ValueError("depth needs allocation 'sensitivity'")
         if self.allocation == "sensitivity" and self.pruning_ratio == "auto":
             raise ValueError("allocation 'sensitivity' needs a FLOPs target or a pruning ratio, not 'auto'")
         return self
+
+    def _trains(self) -> bool:
+        from simprune.errors import InputError
+        from simprune.methods.registry import method_class
+
+        try:
+            return bool(method_class(self.method).trains)
+        except InputError:
+            return False
 
     def data_errors(self, has_calibration: bool, has_training: bool) -> list[tuple[str, str]]:
         """``(field, message)`` for each data requirement the job's data does not meet (method needs,
@@ -168,6 +212,30 @@ class JobSpec(_Strict):
         errors.extend(method(**method.validate_options(self.options)).check_job(self))
         return errors
 
+    def _preset_allocation(self) -> str:
+        from simprune.presets import PRESETS
+
+        return PRESETS[self.preset].allocation if self.preset else "sensitivity"
+
+    def settings(self, has_calibration: bool) -> dict[str, Any]:
+        """What the job runs with: its preset (named, or the default) filled in under the explicit allocation,
+        depth and compensation switches: ``{"preset", "allocation", "compensation", "allocation_options"}``."""
+        from simprune.presets import resolve_preset
+
+        allocation = self.allocation
+        if allocation is None and self.pruning_ratio == "auto":
+            allocation = "uniform"  # the method's own counts: no allocation search
+        return resolve_preset(self.preset, has_calibration=has_calibration, allocation=allocation,
+                              compensation=self.compensation_switches(),
+                              allocation_options=None if self.depth is None else {"depth": self.depth})
+
     def compensation_switches(self) -> dict[str, bool] | None:
         """The compensation switches as the pruning phases take them (None: the defaults)."""
         return dict(self.compensation) if self.compensation is not None else None
+
+
+def measure_latency_default() -> bool:
+    """Whether jobs that do not say measure latency: on unless ``SIMPRUNE_MEASURE_LATENCY`` is 0/false/off."""
+    import os
+
+    return os.environ.get("SIMPRUNE_MEASURE_LATENCY", "1").strip().lower() not in ("0", "false", "off", "no")

@@ -1,8 +1,10 @@
 """The end-to-end job: checkpoint file in, verified artifacts and report out. Used by the CLI and the worker.
 
-Phases, each a method of :class:`_JobRun`: load (model and data) -> evaluate the dense model -> run the
-method (:meth:`simprune.methods.Method.run`, dispatched through the registry) -> fine-tune (methods that do not
-train themselves, when the spec asks) -> evaluate the pruned model -> export and verify -> report.
+Phases, each a method of :class:`_JobRun`: load (model and data) -> evaluate the dense model -> the device
+profile (latency targets: a profile file, or the worker's own, measured once and cached) -> run the method
+(:meth:`simprune.methods.Method.run`, dispatched through the registry) -> fine-tune (methods that do not train
+themselves, when the spec asks) -> evaluate the pruned model -> export and verify -> measure the dense and the
+pruned model's latency on the worker's device -> report.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ and after each epoch its record: ``train_loss``, ``top1`` (a fraction), ``second
 sequentially, exports; ``step`` names the sub-step) with ``eta_s`` once the pace is known."""
 
 # Share of the overall progress bar each stage covers (the rest is fine-tuning when asked).
-_STAGES = {"load": (0.0, 0.03), "eval_before": (0.03, 0.15), "prune": (0.15, 0.55),
-           "finetune": (0.55, 0.8), "eval_after": (0.8, 0.88), "export": (0.88, 0.97), "report": (0.97, 1.0)}
+_STAGES = {"load": (0.0, 0.03), "eval_before": (0.03, 0.15), "profile": (0.15, 0.2), "prune": (0.2, 0.55),
+           "finetune": (0.55, 0.8), "eval_after": (0.8, 0.88), "export": (0.88, 0.94), "latency": (0.94, 0.98),
+           "report": (0.98, 1.0)}
 
 
 @dataclass
@@ -39,7 +42,9 @@ class PruneJob:
 
     ``mean``/``std``/``num_classes``/``in_channels``/``input_size`` override what the architecture and the
     checkpoint say. ``checkpoint_dir`` holds fine-tuning checkpoints (default ``out_dir/finetune_ckpt``, removed
-    after success); a rerun with the same directory resumes.
+    after success); a rerun with the same directory resumes. ``profile``: the device profile of a latency
+    target, a profile file or ``"worker"`` (this runner's own, cached in ``profile_cache``, default
+    :func:`simprune.profiling.default_cache_dir`); None follows ``spec.latency_profile``.
     """
 
     spec: JobSpec
@@ -56,6 +61,8 @@ class PruneJob:
     device: str = "auto"
     checkpoint_dir: Path | None = None
     runner: dict[str, Any] | None = None  # who runs the job (the service's worker: id, name), for the report
+    profile: Path | str | None = None
+    profile_cache: Path | None = None
 
     @classmethod
     def build(cls, **fields: Any) -> PruneJob:
@@ -73,6 +80,8 @@ class PruneJob:
         from simprune.errors import InputError
 
         errors = self.spec.data_errors(self.calib is not None, self.train is not None)
+        if self.profile is not None and str(self.profile) != "worker" and not Path(self.profile).is_file():
+            errors.append(("profile", f"profile file {self.profile} does not exist"))
         if errors:
             raise InputError("; ".join(f"{name}: {msg}" for name, msg in errors))
 
@@ -115,6 +124,7 @@ def run_prune_job(
     run = _JobRun(job, Path(out_dir), progress, should_cancel, detail)
     loaded = run.load()
     acc_before = run.evaluate("eval_before", loaded, loaded.model)
+    run.device_profile(loaded)
     run.checkpoint("pruning")
     run.at("prune")
     if method.trains:  # the method trains while it prunes: an out-of-memory retry reruns it from the dense model
@@ -127,7 +137,8 @@ def run_prune_job(
                                                   result.model)
     acc_after = run.evaluate("eval_after", loaded, result.model)
     exports = run.export(result, loaded)
-    return run.write_report(result, loaded, exports, acc_before, acc_after)
+    latency = run.latency(result, loaded)
+    return run.write_report(result, loaded, exports, acc_before, acc_after, latency)
 
 
 class _JobRun:
@@ -143,6 +154,9 @@ class _JobRun:
         self.timings: dict[str, float] = {}
         self.oom_retries: list[dict[str, Any]] = []
         self._count_start: dict[str, tuple[float, int]] = {}
+        self.profile: Any = None  # the DeviceProfile of a latency target (or of a named profile)
+        self.settings: dict[str, Any] | None = None  # the preset and switches the prune phase ran with
+        self.profile_source: str | None = None
 
     def at(self, stage: str, frac: float = 0.0, label: str | None = None) -> None:
         """Report progress ``frac`` within ``stage``'s share of the job (shown as ``label`` if given)."""
@@ -181,6 +195,7 @@ class _JobRun:
         from simprune.device import select_device
         from simprune.errors import InputError
         from simprune.zoo import build_for_state_dict, get_arch
+        from simprune.zoo.infer import infer_num_classes
 
         job = self.job
         torch.manual_seed(self.spec.seed)
@@ -192,6 +207,7 @@ class _JobRun:
 
             info = register_onnx(job.weights)
             job.arch, model = info.name, info.builder(num_classes=job.num_classes, in_channels=job.in_channels)
+            checkpoint_classes = info.num_classes or None
         else:
             try:
                 info = get_arch(job.arch)
@@ -199,6 +215,7 @@ class _JobRun:
                 raise InputError(str(exc.args[0])) from None
             state = load_state_dict(job.weights)
             model = build_for_state_dict(job.arch, state, num_classes=job.num_classes, in_channels=job.in_channels)
+            checkpoint_classes = infer_num_classes(job.arch, state)  # also a classifier that is a 1x1 conv
         in_channels = job.in_channels or info.in_channels
         input_size = tuple(job.input_size or (in_channels, *info.input_size[1:]))
         mean, std = tuple(job.mean or info.mean), tuple(job.std or info.std)
@@ -207,7 +224,8 @@ class _JobRun:
         model.to(device).eval()
         example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(self.spec.seed))
         loaded = _Loaded(model=model, device=device, example=example, input_size=input_size, mean=mean, std=std,
-                         num_classes=job.num_classes or _out_features(model), in_channels=in_channels,
+                         num_classes=job.num_classes or _out_features(model) or checkpoint_classes,
+                         in_channels=in_channels,
                          calib=None, evals=None)
         loaded.calib = self._loader(job.calib, self.spec.calib_samples, loaded)
         loaded.evals = self._loader(job.eval, self.spec.eval_samples, loaded)
@@ -255,16 +273,56 @@ class _JobRun:
                 what, loaded), plan=lambda report: self.plan(report, loaded))
 
     def prune(self, criterion: Any, loaded: _Loaded) -> tuple[Any, dict[str, Any]]:
-        """:func:`simprune.prune` with the spec's target, allocation, rounding and compensation."""
+        """:func:`simprune.prune` with the spec's target (FLOPs, ratio, or speedup with the device profile),
+        allocation, rounding (the profile's ``round_to`` unless the spec gives one) and compensation."""
         from simprune.pruning.phases import prune
 
         spec = self.spec
+        kwargs: dict[str, Any] = {}
+        if spec.target_speedup is not None:
+            kwargs = {"target_speedup": spec.target_speedup, "latency_profile": self.profile}
+        self.settings = spec.settings(has_calibration=loaded.calib is not None)
+        if self.settings["allocation_options"]:
+            kwargs["allocation_options"] = self.settings["allocation_options"]
+        round_to = spec.round_to if spec.round_to is not None or self.profile is None else self.profile.round_to
         return prune(loaded.model, loaded.example.to(loaded.device), criterion,
                      target_flops_reduction=spec.target_flops_reduction, pruning_ratio=spec.pruning_ratio,
-                     calib=loaded.calib, allocation=spec.allocation, round_to=spec.round_to,
-                     compensation=spec.compensation_switches(), device=loaded.device,
+                     calib=loaded.calib, allocation=self.settings["allocation"], round_to=round_to,
+                     compensation=self.settings["compensation"], device=loaded.device,
                      progress=lambda stage, frac: self.at("prune", frac), should_cancel=self.should_cancel,
-                     detail=lambda stage, info: self.count("prune", {"step": stage, **info}))
+                     detail=lambda stage, info: self.count("prune", {"step": stage, **info}), **kwargs)
+
+    def device_profile(self, loaded: _Loaded) -> None:
+        """The device profile the job names (a file, or ``"worker"``: measured here once and cached), or the
+        worker's for a latency target that names none; refused when its architecture or input size is not the
+        job's."""
+        from simprune.errors import InputError
+        from simprune.profiles import load_profile
+
+        source = self.job.profile if self.job.profile is not None else self.spec.latency_profile
+        if source is None and self.spec.target_speedup is None:
+            return
+        self.checkpoint("profiling")
+        self.at("profile")
+        t = time.perf_counter()
+        if source is None or str(source) == "worker":
+            from simprune.profiling import worker_profile
+
+            self.profile_source = "worker"
+            self.profile = worker_profile(self.job.arch, loaded.model, loaded.example, loaded.device,
+                                          self.job.profile_cache)
+        else:
+            self.profile_source = "file"
+            self.profile = load_profile(source)
+        prof = self.profile
+        if prof.arch != self.job.arch:
+            raise InputError(f"the device profile is for architecture '{prof.arch}', the job's is '{self.job.arch}'"
+                             "; measure one for this architecture (simprune profile --arch ...)")
+        if tuple(prof.input_size) != tuple(loaded.input_size):
+            raise InputError(f"the device profile was measured at input size {tuple(prof.input_size)}, the job's "
+                             f"is {tuple(loaded.input_size)}; measure one at this size (--input-size)")
+        self.timings["profile"] = round(time.perf_counter() - t, 4)
+        self.at("profile", 1.0)
 
     def plan(self, report: dict[str, Any], loaded: _Loaded) -> dict[str, Any]:
         """The standard channel plan (``plan.json``) of a pruning report."""
@@ -362,11 +420,101 @@ class _JobRun:
             result.model.cpu(), loaded.example, self.out_dir, formats=tuple(self.spec.exports),
             plan=result.plan if result.plan is not None else self.plan(result.report, loaded),
             rebuild=result.rebuild or _rebuild_plan, progress=self.export_progress,
+            rtol=1e-5,  # float32 noise on large outputs (random-init or deep models) is not a mismatch
         )
         self.timings["export"] = round(time.perf_counter() - t, 4)
         if self.job.checkpoint_dir is None:  # the default checkpoint directory is not an artifact
             shutil.rmtree(self.out_dir / "finetune_ckpt", ignore_errors=True)
         return exports
+
+    def latency(self, result: Any, loaded: _Loaded) -> dict[str, Any] | None:
+        """The dense and the pruned model timed on the job's device (:func:`simprune.latency.measure_latency`,
+        with the exported model.onnx against a dense ONNX export), or None when the spec turns it off. A failed
+        measurement is reported (``error``), never fails the job."""
+        import copy
+        import logging
+        import tempfile
+
+        from simprune.jobspec import measure_latency_default
+        from simprune.latency import LatencyConfig, measure_latency
+
+        wanted = self.spec.measure_latency
+        if not (measure_latency_default() if wanted is None else wanted):
+            return None
+        self.checkpoint("latency measurement")
+        self.at("latency")
+        t = time.perf_counter()
+        spec, report = self.spec, result.report
+        batches = list(spec.latency_batch_sizes or [])
+        if self.profile is not None and batches and self.profile.batch_size not in batches:
+            batches.append(self.profile.batch_size)
+        config = LatencyConfig(batch_sizes=tuple(batches) or None, budget_s=spec.latency_budget_s)
+        if self.profile is not None and not batches:
+            default = config.batches(loaded.device)
+            config.batch_sizes = tuple(dict.fromkeys((*default, self.profile.batch_size)))
+        flops_ratio = report["flops_before"] / report["flops_after"] if report.get("flops_after") else None
+        pruned_onnx = self.out_dir / "model.onnx"
+        try:
+            with tempfile.TemporaryDirectory(prefix="simprune-latency-") as tmp:
+                onnx = None
+                if pruned_onnx.is_file():
+                    from simprune.export import export_onnx
+
+                    dense_cpu = copy.deepcopy(loaded.model).cpu().eval()
+                    export_onnx(dense_cpu, loaded.example.cpu(), Path(tmp) / "dense.onnx")
+                    onnx = (Path(tmp) / "dense.onnx", pruned_onnx)
+                config.budget_s = max(1.0, spec.latency_budget_s - (time.perf_counter() - t))  # export included
+                out = measure_latency(loaded.model, copy.deepcopy(result.model), loaded.input_size, loaded.device,
+                                      onnx=onnx, flops_ratio=flops_ratio, config=config)
+        except Exception as exc:  # timing is information: a failure is reported, the artifacts stand
+            logging.getLogger(__name__).warning("latency measurement failed: %s", exc, exc_info=True)
+            out = {"error": f"{type(exc).__name__}: {exc}"[:500], "device": str(loaded.device)}
+        free_cuda_memory()
+        self.timings["latency"] = round(time.perf_counter() - t, 4)
+        self.at("latency", 1.0)
+        return out
+
+    def latency_summary(self, full: dict[str, Any], loaded: _Loaded) -> None:
+        """Predicted vs measured speedup (latency targets) and the warnings on measured speed, into ``full``."""
+        from simprune.latency import device_name, latency_warning
+
+        latency = full.get("latency") or {}
+        flops_ratio = full["flops_before"] / full["flops_after"] if full.get("flops_after") else None
+        warning = latency_warning(latency, flops_ratio) if latency.get("rows") else None
+        if warning:
+            full["warnings"].append(warning)
+        if latency.get("error"):
+            full["warnings"].append(f"latency measurement failed: {latency['error']}")
+        if self.profile is None:
+            return
+        import torch
+
+        prof = self.profile
+        threads = latency.get("threads") or torch.get_num_threads()
+        same = (prof.environment.device_type == loaded.device.type
+                and prof.environment.device_name == device_name(loaded.device)
+                and (loaded.device.type != "cpu" or prof.environment.threads == threads))
+        row = next((r for r in latency.get("rows", []) if r["runtime"] == "eager" and r["batch"] == prof.batch_size),
+                   None)
+        measured = row["speedup"] if row is not None and same else None
+        target = dict(full.get("latency_target") or {})
+        target.update({"profile_source": self.profile_source, "same_device": same, "measured_speedup": measured,
+                       "measured_batch": prof.batch_size if measured is not None else None})
+        if not same:
+            target["measured_note"] = (f"the profile was measured on {prof.environment.device_name} "
+                                       f"({prof.environment.device_type}, threads {prof.environment.threads}), this "
+                                       f"job ran on {device_name(loaded.device)} (threads {threads}): no measured "
+                                       "speedup to compare")
+        elif row is None:
+            target["measured_note"] = (f"no eager measurement at the profile's batch {prof.batch_size} "
+                                       "(measure_latency off, or skipped by the time budget)")
+        full["latency_target"] = target
+        full["measured_speedup"] = measured
+        goal = self.spec.target_speedup
+        if goal is not None and measured is not None and measured < 0.9 * goal:
+            full["warnings"].append(f"measured speedup {measured:.2f}x (eager, batch {prof.batch_size}) is under the "
+                                    f"target {goal:g}x that the profile predicted "
+                                    f"({full.get('predicted_speedup') or 0:.2f}x)")
 
     def export_progress(self, step: str, frac: float) -> None:
         """Progress through the exports (``step`` is ``export:FMT``, ``verify:FMT`` or ``done:FMT``): export i of
@@ -379,7 +527,7 @@ class _JobRun:
             self.count("export", {"what": "exports", "step": step, "done": done, "total": len(formats)})
 
     def write_report(self, result: Any, loaded: _Loaded, exports: list[dict[str, Any]], acc_before: float | None,
-                     acc_after: float | None) -> dict[str, Any]:
+                     acc_after: float | None, latency: dict[str, Any] | None = None) -> dict[str, Any]:
         """Assemble report.json and report.html (with plots) and return the report."""
         from simprune.report_html import write_html_report
 
@@ -390,13 +538,15 @@ class _JobRun:
         full = {
             "arch": self.job.arch, "num_classes": loaded.num_classes, "input_size": list(loaded.input_size),
             "device": str(loaded.device), "device_requested": self.spec.device, "oom_retries": self.oom_retries,
-            "worker": self.job.runner,
+            "worker": self.job.runner, "preset": (self.settings or {}).get("preset"),
             "accuracy_before": acc_before, "accuracy_after": acc_after,
             "accuracy_drop": (acc_before - acc_after) if acc_before is not None and acc_after is not None else None,
             "eval_samples": len(loaded.evals.dataset) if loaded.evals is not None else None,
             "calib_samples": len(loaded.calib.dataset) if loaded.calib is not None else None,
             **report, "finetune": finetune_report, "exports": exports, "versions": _versions(),
+            "latency": latency, "warnings": list(report.get("warnings") or []),
         }
+        self.latency_summary(full, loaded)
         plots = _plots(full, self.out_dir)
         full["plots"] = [p.name for p in plots]
         self.timings["report"] = round(time.perf_counter() - t, 4)
@@ -476,6 +626,12 @@ def _plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     removed = [1.0 - (r["flops_after"] / r["flops_before"]) if r["flops_before"] else 0.0 for r in rows]
     plots.append(plot_redundancy_bars(names, removed, out_dir / "flops_removed.png",
                                       ylabel="fraction of the layer's FLOPs removed"))
+    latency = report.get("latency") or {}
+    if latency.get("rows"):
+        from simprune.report_html import plot_latency_bars
+
+        plots.append(plot_latency_bars(latency["rows"], out_dir / "latency.png",
+                                       title=f"latency on {latency.get('environment', {}).get('device_name', '')}"))
     return plots
 
 

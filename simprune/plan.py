@@ -26,7 +26,8 @@ def make_plan(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
-    """The plan document for a pruning ``report`` (kept output-channel indices per pruned layer, in order)."""
+    """The plan document for a pruning ``report``: kept output-channel indices per pruned layer, in order, and
+    ``dropped_blocks`` (residual blocks removed whole, see :mod:`simprune.pruning.blocks`) when there are any."""
     plan = {
         "format": PLAN_FORMAT,
         "arch": arch,
@@ -38,6 +39,8 @@ def make_plan(
         "method_options": report.get("method_options", {}),
         "layers": report["plan"]["layers"],
     }
+    if report["plan"].get("dropped_blocks"):  # residual blocks dropped whole, replayed before the channel cuts
+        plan["dropped_blocks"] = list(report["plan"]["dropped_blocks"])
     if arch and arch.startswith("onnx/"):  # the dense model is the original ONNX file, identified by its hash
         from simprune.onnx_import import source_for
 
@@ -79,7 +82,7 @@ def load_pruned(
         opts = plan.get("options") or {}
         model = build_model(plan["arch"], num_classes=opts.get("num_classes"), in_channels=opts.get("in_channels"))
     example = torch.zeros(1, *plan["input_size"])
-    apply_plan(model, example, plan["layers"])
+    apply_plan(model, example, plan["layers"], plan.get("dropped_blocks"))
     state = weights if isinstance(weights, dict) else load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]

@@ -78,6 +78,23 @@ def plot_redundancy_bars(names: Sequence[str], values: Sequence[float], path: Pa
     return _save(fig, path)
 
 
+def plot_latency_bars(rows: Sequence[dict[str, Any]], path: Path | str, title: str = "latency") -> Path:
+    """Dense vs pruned milliseconds, one panel per (runtime, batch) row of a latency measurement
+    (:func:`simprune.latency.measure_latency`), the speedup over each panel, as a PNG."""
+    if not rows:
+        raise ValueError("no latency rows to plot")
+    fig = Figure(figsize=(max(4.0, 2.2 * len(rows) + 1.0), 3.6))
+    axes = fig.subplots(1, len(rows), squeeze=False)[0]
+    for ax, r in zip(axes, rows, strict=True):
+        ax.bar([0, 1], [r["dense_ms"], r["pruned_ms"]], color=["#9aa5b1", "#2b7bb9"], width=0.6)
+        ax.set_xticks([0, 1], ["dense", "pruned"])
+        ax.set_title(f"{r['runtime']}, batch {r['batch']}\n{r['speedup']:.2f}x", fontsize=9)
+        ax.set_ylabel("ms (median)" if ax is axes[0] else "")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------------------------------------
 # HTML report
 
@@ -126,6 +143,31 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _latency_html(report: dict[str, Any]) -> list[str]:
+    """The warnings, predicted vs measured speedup and the latency table, where the report has them."""
+    parts: list[str] = []
+    warnings = report.get("warnings")
+    if isinstance(warnings, list) and warnings:
+        parts += ["<h2>Warnings</h2><ul>", *(f"<li>{html.escape(str(w))}</li>" for w in warnings), "</ul>"]
+    target = report.get("latency_target")
+    if isinstance(target, dict) and target:
+        parts += ["<h2>Latency target</h2>", _table(["target", "predicted", "measured", "profile"], [[
+            target.get("target_speedup"), report.get("predicted_speedup"), target.get("measured_speedup"),
+            target.get("profile_source")]])]
+    latency = report.get("latency")
+    if isinstance(latency, dict) and latency.get("rows"):
+        env = latency.get("environment") or {}
+        cols = ["runtime", "batch", "dense_ms", "pruned_ms", "speedup", "efficiency", "dense_peak_mb",
+                "pruned_peak_mb", "rounds"]
+        parts += ["<h2>Latency</h2>", f"<p>{html.escape(str(env.get('device_name', '')))} "
+                  f"({html.escape(str(latency.get('device')))}, threads {_fmt(latency.get('threads'))}, torch "
+                  f"{html.escape(str(env.get('torch')))}, onnxruntime {html.escape(str(env.get('onnxruntime')))}); "
+                  f"FLOPs ratio {_fmt(latency.get('flops_ratio'))}; memory: "
+                  f"{html.escape(str(latency.get('memory_method')))}</p>",
+                  _table(cols, [[r.get(c) for c in cols] for r in latency["rows"]])]
+    return parts
+
+
 def write_html_report(report: dict[str, Any], plots: Sequence[Path | str], path: Path | str) -> Path:
     """Write a self-contained report.html (plots embedded as base64 PNG).
 
@@ -146,6 +188,7 @@ def write_html_report(report: dict[str, Any], plots: Sequence[Path | str], path:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>simprune report</title>"
              f"<style>{_CSS}</style></head><body><h1>simprune report</h1>",
              "<h2>Summary</h2>", _table(["", "before", "after", "reduction / change"], summary)]
+    parts += _latency_html(report)
     timings = _get(report, "timings")
     if isinstance(timings, dict) and timings:
         parts += ["<h2>Timings (s)</h2>", _table(["stage", "seconds"], list(timings.items()))]

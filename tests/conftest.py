@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+# Jobs in tests do not time dense vs pruned unless they ask (measure_latency=True): the latency tests do, and
+# the rest would spend seconds each on it. Set before any worker process starts, so they inherit it.
+os.environ.setdefault("SIMPRUNE_MEASURE_LATENCY", "0")
+# Likewise jobs that name no preset run the fast pipeline here (the operator setting), not the slower best one;
+# tests/test_presets.py runs every preset explicitly and checks the real default with the setting removed.
+os.environ.setdefault("SIMPRUNE_DEFAULT_PRESET", "fast")
 
 
 @pytest.fixture(scope="module")

@@ -111,3 +111,56 @@ def test_min_damage_choice_matches_brute_force(seed: int) -> None:
     chosen = [next(o for o in options[k] if o[0] == keep[k]) for k in options]
     assert sum(o[2] for o in chosen) >= need
     assert sum(o[1] for o in chosen) == pytest.approx(best, abs=1e-9), (keep, best_keep)
+
+
+def _spec(name: str, n: int) -> object:
+    from simprune.pruning.groups import GroupSpec
+
+    return GroupSpec(name=name, root=nn.Identity(), n_channels=n)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_budgeted_keep_with_blocks_matches_brute_force(seed: int) -> None:
+    """Blocks choose between their inner groups' counts and a drop; the optimum is the brute-force one."""
+    import itertools
+
+    from simprune.pruning.allocation import BlockOption, budgeted_keep
+
+    gen = torch.Generator().manual_seed(seed)
+    specs = [_spec(f"g{i}", 4) for i in range(4)]
+    damage = {s.name: {4: 0.0, **{k: float(torch.rand(1, generator=gen)) * (5 - k) for k in (1, 2, 3)}}
+              for s in specs}
+    per_ch = {s.name: float(torch.rand(1, generator=gen)) * 10 + 1 for s in specs}
+
+    def saving(s: object, k: int) -> float:
+        return per_ch[s.name] * (s.n_channels - k)  # type: ignore[attr-defined]
+
+    blocks = [BlockOption("b0", ("g0", "g1"), float(torch.rand(1, generator=gen)) * 3, 60.0),
+              BlockOption("b1", ("g2",), float(torch.rand(1, generator=gen)) * 3, 30.0)]
+    need = float(torch.rand(1, generator=gen)) * 60 + 20
+    keep, dropped = budgeted_keep(specs, damage, saving, need, min_keep_frac=0.25, blocks=blocks)
+
+    def total(k: dict[str, int], drop: set[str]) -> tuple[float, float]:
+        gone = {g for b in blocks if b.name in drop for g in b.groups}
+        dmg = sum(damage[n][k[n]] for n in k if n not in gone) + sum(b.damage for b in blocks if b.name in drop)
+        sv = sum(saving(s, k[s.name]) for s in specs if s.name not in gone) + sum(
+            b.saved for b in blocks if b.name in drop)
+        return dmg, sv
+
+    best = float("inf")
+    for counts in itertools.product((1, 2, 3, 4), repeat=4):
+        for drop in ({}, {"b0"}, {"b1"}, {"b0", "b1"}):
+            d, sv = total(dict(zip([s.name for s in specs], counts, strict=True)), set(drop))
+            if sv >= need:
+                best = min(best, d)
+    d, sv = total(keep, set(dropped))
+    assert sv >= need and d == pytest.approx(best, abs=1e-9)
+
+
+def test_min_ratio_meeting_is_the_smallest_ratio() -> None:
+    from simprune.pruning.allocation import min_ratio_meeting
+
+    ratio, keep = min_ratio_meeting(lambda r: {"g": round(100 * (1 - r))}, lambda k: k["g"] <= 40)
+    assert keep["g"] == 40 and 0.59 < ratio < 0.61
+    with pytest.raises(InputError, match="out of reach"):
+        min_ratio_meeting(lambda r: {"g": 100}, lambda k: False)

@@ -97,3 +97,41 @@ def test_submit_with_a_bad_ratio_is_a_clear_cli_error(checkpoint: Path) -> None:
     res = CliRunner().invoke(app, ["submit", str(checkpoint), "--arch", "cifar_resnet20", "--method", "l1",
                                    "--pruning-ratio", "abc"])
     assert res.exit_code == 2 and "--pruning-ratio" in res.output and "Traceback" not in res.output
+
+
+def test_latency_target_fields() -> None:
+    spec = JobSpec(method="l1", target_speedup=2.0, latency_profile="worker")
+    assert spec.target_speedup == 2.0 and spec.measure_latency is None and spec.target_flops_reduction is None
+    assert "exactly one" in _errors(method="l1", target_speedup=2.0, target_flops_reduction=0.5)[0][1]
+    assert "exactly one" in _errors(method="l1", target_speedup=2.0, pruning_ratio=0.5)[0][1]
+    assert _errors(method="l1", target_speedup=1.0)[0][0] == ("target_speedup",)
+    assert _errors(method="l1", target_speedup=25)[0][0] == ("target_speedup",)
+    assert _errors(method="l1", target_speedup=2.0, latency_profile="file.json")[0][0] == ("latency_profile",)
+    assert "trains the network" in _errors(method="dcff", target_speedup=2.0, finetune={"epochs": 1})[0][1]
+    assert "depth needs allocation 'sensitivity'" in _errors(method="l1", target_speedup=2.0, depth=True,
+                                                           allocation="uniform")[0][1]
+    assert _errors(method="l1", target_flops_reduction=0.5, latency_batch_sizes=[0])[0][0] == (
+        "latency_batch_sizes",)
+
+
+def test_cli_refuses_a_missing_profile_file(checkpoint: Path, tmp_path: Path) -> None:
+    import typer
+
+    from simprune.cli import local
+
+    app = typer.Typer()
+    local.register(app)
+    res = CliRunner().invoke(app, ["prune", "--arch", "cifar_resnet20", "--weights", str(checkpoint), "--out",
+                                   str(tmp_path / "out"), "--target-speedup", "2", "--profile",
+                                   str(tmp_path / "none.json")])
+    assert res.exit_code == 2 and "profile not found" in res.output and not (tmp_path / "out").exists()
+
+
+def test_latency_default_follows_the_operator_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from simprune.jobspec import measure_latency_default
+
+    monkeypatch.delenv("SIMPRUNE_MEASURE_LATENCY", raising=False)
+    assert measure_latency_default() is True
+    for off in ("0", "false", "OFF"):
+        monkeypatch.setenv("SIMPRUNE_MEASURE_LATENCY", off)
+        assert measure_latency_default() is False

@@ -1,8 +1,10 @@
-"""run_prune_job end to end: report, verified exports, fine-tuning (+ resume), dcff, ssc, cancellation."""
+"""run_prune_job end to end: report, verified exports, fine-tuning (+ resume), dcff, ssc, cancellation, measured
+latency, and latency targets with a device profile (a file, or the worker's cached one)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _job(files: dict[str, Path], **kw: Any) -> PruneJob:
     base: dict[str, Any] = dict(arch="cifar_resnet20", weights=files["weights"], input_size=(3, HW, HW),
                                 eval=files["eval"], calib=files["train"], calib_samples=32, batch_size=32,
-                                device="cpu", exports=("safetensors",))
+                                device="cpu", exports=("safetensors",), measure_latency=False)
     base.update(kw)
     if base.get("finetune"):
         base.setdefault("train", files["train"])
@@ -143,3 +145,90 @@ def test_ssc_trains_and_exports(files: dict[str, Path], tmp_path: Path) -> None:
     assert plan["format"] == SSC_PLAN_FORMAT and len(plan["layers"]) == len(report["ssc"]["layers"])
     model = load_ssc(plan, tmp_path / "weights.safetensors")
     assert model(torch.randn(2, 3, HW, HW)).shape == (2, 10)
+
+
+def _profile(path: Path, device_name: str = "test device", arch: str = "cifar_resnet20",
+             input_size: tuple[int, ...] = (3, HW, HW)) -> Path:
+    """A synthetic profile of cifar_resnet20: each inner group saves time in proportion to the channels it
+    removes, each block 6% of the dense time when dropped."""
+    from datetime import datetime, timezone
+
+    from simprune.profiles import BlockLatency, DeviceProfile, GroupLatency, ProfileEnvironment, save_profile
+    from simprune.pruning.blocks import removable_blocks
+    from simprune.pruning.groups import discover_groups
+
+    model = build_model("cifar_resnet20")
+    _, specs, _ = discover_groups(model, torch.zeros(1, 3, HW, HW))
+    dense = 10.0
+    groups = {s.name: GroupLatency(channels=s.n_channels, ladder=[
+        (k, dense - 0.9 * (1 - k / s.n_channels)) for k in (s.n_channels // 4, s.n_channels // 2)]) for s in specs}
+    blocks = {b.name: BlockLatency(ms=dense - 0.6, groups=list(b.groups)) for b in removable_blocks(model)}
+    env = ProfileEnvironment(device_type="cpu", device_name=device_name, threads=torch.get_num_threads(),
+                             torch=torch.__version__)
+    return save_profile(DeviceProfile(arch=arch, input_size=input_size, batch_size=1, environment=env,
+                                      created=datetime.now(timezone.utc), dense_ms=dense, fixed_ms=1.0, round_to=4,
+                                      groups=groups, blocks=blocks), path)
+
+
+def test_report_measures_latency_and_plots_it(files: dict[str, Path], tmp_path: Path) -> None:
+    job = _job(files, method="l1", target_flops_reduction=0.5, eval=None, measure_latency=True,
+               latency_batch_sizes=[1, 4], latency_budget_s=30, exports=("onnx",))
+    report = run_prune_job(job, tmp_path)
+    latency = report["latency"]
+    assert {(r["runtime"], r["batch"]) for r in latency["rows"]} == {("eager", 1), ("eager", 4),
+                                                                     ("onnxruntime", 1), ("onnxruntime", 4)}
+    assert latency["flops_ratio"] == pytest.approx(report["flops_before"] / report["flops_after"], rel=1e-3)
+    assert latency["environment"]["device_type"] == "cpu" and latency["threads"] >= 1
+    assert all(r["speedup"] > 0 and "efficiency" in r for r in latency["rows"])
+    assert isinstance(report["warnings"], list) and "latency.png" in report["plots"]
+    assert "latency" in report["timings"]
+    html = (tmp_path / "report.html").read_text()
+    assert "<h2>Latency</h2>" in html and "onnxruntime" in html
+
+
+def test_target_speedup_with_a_profile_file(files: dict[str, Path], tmp_path: Path) -> None:
+    from simprune.latency import device_name
+
+    profile = _profile(tmp_path / "profile.json", device_name=device_name("cpu"))
+    job = _job(files, method="l1", target_speedup=1.5, profile=profile, eval=None, measure_latency=True,
+               latency_batch_sizes=[1], latency_budget_s=10)
+    report = run_prune_job(job, tmp_path / "out")
+    assert report["predicted_speedup"] >= 1.5 and report["round_to"] == 4
+    target = report["latency_target"]
+    assert target["target_speedup"] == 1.5 and target["profile_source"] == "file" and target["same_device"]
+    assert report["measured_speedup"] == target["measured_speedup"] and report["measured_speedup"] > 0
+    assert "Latency target" in (tmp_path / "out" / "report.html").read_text()
+    rebuilt = load_pruned(tmp_path / "out" / "plan.json", tmp_path / "out" / "weights.safetensors")
+    assert rebuilt(torch.randn(2, 3, HW, HW)).shape == (2, 10)
+
+
+def test_worker_profile_from_the_cache_and_mismatched_profiles_refused(files: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    from simprune.profiling import cache_key
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _profile(cache / cache_key("cifar_resnet20", (3, HW, HW), 1, "cpu", torch.get_num_threads()))
+    job = _job(files, method="l1", target_speedup=1.3, latency_profile="worker", profile_cache=cache, eval=None)
+    report = run_prune_job(job, tmp_path / "out")
+    assert report["latency_target"]["profile_source"] == "worker" and report["predicted_speedup"] >= 1.3
+    assert report["measured_speedup"] is None  # measure_latency is off in these jobs
+    for bad, needle in ((_profile(tmp_path / "a.json", arch="cifar_resnet32"), "architecture 'cifar_resnet32'"),
+                        (_profile(tmp_path / "b.json", input_size=(3, 32, 32)), "input size (3, 32, 32)")):
+        with pytest.raises(InputError, match=re.escape(needle)):
+            run_prune_job(_job(files, method="l1", target_speedup=1.3, profile=bad, eval=None), tmp_path / "bad")
+
+
+def test_classifier_that_is_a_conv_keeps_the_checkpoint_class_count(tmp_path: Path) -> None:
+    # squeezenet's classifier is a 1x1 conv: the class count comes from the checkpoint, so the plan rebuilds a
+    # 10-class model and the safetensors + plan export verifies
+    import torchvision
+
+    model = torchvision.models.squeezenet1_1(num_classes=10)
+    weights = tmp_path / "sq.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    job = PruneJob.build(arch="torchvision/squeezenet1_1", weights=weights, input_size=(3, 64, 64), device="cpu",
+                         method="l1", pruning_ratio=0.2, exports=("safetensors",), measure_latency=False)
+    report = run_prune_job(job, tmp_path / "out")
+    assert report["num_classes"] == 10
+    assert next(e for e in report["exports"] if e["format"] == "plan")["verified"]

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from app.core.celery import TASK_RUN_JOB
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.logs import current_job
-from app.models import Artifact, Dataset, Job, Model, new_id, utcnow
+from app.models import Artifact, Dataset, DeviceProfile, Job, Model, new_id, utcnow
 from app.services.sweeper import attempt_prefix, job_time_limit
 from app.storage import LocalStorage, Storage, StorageError, get_storage
 from simprune.errors import InputError, JobCancelled
@@ -213,11 +214,16 @@ def _build_job(settings: Settings, storage: Storage, job: Job, scratch: Path) ->
             if ds_id and row is None:
                 raise InputError(f"the job's {role} dataset was deleted")
             datasets[role] = _local_file(storage, row.storage_key, scratch) if row is not None else None
+        profile: Path | str | None = _profile_file(s, storage, job, scratch)
         s.expunge(model)
     stored = {k: v for k, v in job.spec.items() if k in JobSpec.model_fields}  # without time_limit_s
     if isinstance(stored.get("finetune"), dict):  # jobs queued before migration 0004 name their data there
         stored["finetune"] = {k: v for k, v in stored["finetune"].items() if k != "dataset_id"}
     spec = JobSpec.model_validate(stored)
+    if profile is None and spec.latency_profile == "worker":
+        profile = "worker"
+    elif profile is None and spec.target_speedup is not None:  # the profile's row went while the job was queued
+        raise InputError("the job's device profile was deleted")
     return PruneJob(
         spec=spec, arch=model.arch, weights=_local_file(storage, model.storage_key, scratch), **datasets,
         num_classes=model.num_classes, in_channels=model.in_channels, input_size=tuple(model.input_size),
@@ -226,7 +232,24 @@ def _build_job(settings: Settings, storage: Storage, job: Job, scratch: Path) ->
         # outside out_dir (not an artifact) and stable across attempts: a re-run after a dead worker resumes
         checkpoint_dir=finetune_checkpoint_dir(settings, job.id) if spec.finetune is not None else None,
         runner={"id": worker_id(), "name": _worker_name()},
+        # an uploaded profile's file, or "worker": measured on this worker once, cached under the data directory
+        profile=profile, profile_cache=profile_cache_dir(settings) if profile == "worker" else None,
     )
+
+
+def profile_cache_dir(settings: Settings) -> Path:
+    """Where this worker keeps the device profiles it measured (one per device, architecture and input)."""
+    return settings.data_dir / "profile-cache"
+
+
+def _profile_file(session: Session, storage: Storage, job: Job, scratch: Path) -> Path | None:
+    """A local copy of the job's uploaded device profile (None when the job names none)."""
+    if not job.device_profile_id:
+        return None
+    row = session.get(DeviceProfile, job.device_profile_id)
+    if row is None:
+        raise InputError("the job's device profile was deleted")
+    return _local_file(storage, row.storage_key, scratch)
 
 
 def _sha256(path: Path) -> str:

@@ -31,11 +31,12 @@ from sqlalchemy.orm import Session
 from app.api.limits import JsonLimits, finite_float, loads_limited
 from app.api.problems import Problem
 from app.core.config import Settings
-from app.models import Artifact, Dataset, Job, Model, new_id
+from app.models import Artifact, Dataset, DeviceProfile, Job, Model, new_id
 from app.services import catalog
 from app.services.uploads import ParsedForm, UploadedFile, safe_suffix
 from app.storage import Storage
 from simprune.errors import InputError, UnsafeInputError
+from simprune.profiles import parse_profile
 
 DATASET_SUFFIXES = (".zip", ".npz")
 
@@ -275,13 +276,14 @@ def get_inspector(settings: Settings, state: Any) -> Inspector | None:
 
 
 def tenant_usage(session: Session, tenant_id: str) -> int:
-    """Bytes the tenant stores: models, datasets and the artifacts of its jobs."""
-    models = session.scalar(select(func.coalesce(func.sum(Model.size), 0)).where(Model.tenant_id == tenant_id))
-    datasets = session.scalar(select(func.coalesce(func.sum(Dataset.size), 0))
-                              .where(Dataset.tenant_id == tenant_id))
+    """Bytes the tenant stores: models, datasets, device profiles and the artifacts of its jobs."""
+    total = 0
+    for table in (Model, Dataset, DeviceProfile):
+        total += int(session.scalar(select(func.coalesce(func.sum(table.size), 0))
+                                    .where(table.tenant_id == tenant_id)) or 0)
     artifacts = session.scalar(select(func.coalesce(func.sum(Artifact.size), 0))
                                .join(Job, Job.id == Artifact.job_id).where(Job.tenant_id == tenant_id))
-    return int(models or 0) + int(datasets or 0) + int(artifacts or 0)
+    return total + int(artifacts or 0)
 
 
 def check_quota(session: Session, settings: Settings, tenant_id: str, incoming: int = 0,
@@ -396,4 +398,32 @@ async def create_dataset(
         size=up.size, storage_key=key,
     )
     await _store_and_commit(session, storage, key, up, row, "dataset", metrics)
+    return row
+
+
+MAX_PROFILE_NAME = 200
+
+
+async def create_device_profile(
+    form: ParsedForm, tenant_id: str, session: Session, settings: Settings, storage: Storage, metrics: Any = None,
+) -> DeviceProfile:
+    """Validate the uploaded device profile (form field ``file``, JSON in the ``simprune-device-profile/1``
+    format; optional ``name``) with :func:`simprune.profiles.parse_profile` and store it for ``tenant_id``.
+    A malformed profile raises :class:`InputError` naming the first problem (422); nothing is stored."""
+    up = _file(form, "file")
+    name = form.fields.get("name", "").strip()
+    if len(name) > MAX_PROFILE_NAME or not name.isprintable():
+        raise Problem(422, f"'name' must be at most {MAX_PROFILE_NAME} printable characters", "validation-error")
+    await run_in_threadpool(check_quota, session, settings, tenant_id, up.size)
+    profile = await run_in_threadpool(lambda: parse_profile(up.path.read_bytes()))
+    env = profile.environment
+    profile_id = new_id("prf")
+    key = f"device-profiles/{tenant_id}/{profile_id}.json"
+    row = DeviceProfile(
+        id=profile_id, tenant_id=tenant_id, name=name or Path(up.filename).stem or profile_id,
+        arch=profile.arch, input_size=list(profile.input_size), batch_size=profile.batch_size,
+        device_type=env.device_type, device_name=env.device_name, filename=up.filename, sha256=up.sha256,
+        size=up.size, storage_key=key,
+    )
+    await _store_and_commit(session, storage, key, up, row, "device_profile", metrics)
     return row

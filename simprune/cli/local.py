@@ -1,5 +1,5 @@
-"""Local commands: ``simprune prune``, ``analyze``, ``methods`` and ``archs``: the engine on local files, with
-progress bars. Job fields are validated by :class:`simprune.jobspec.JobSpec` before anything runs."""
+"""Local commands: ``simprune prune``, ``analyze``, ``profile``, ``methods`` and ``archs``: the engine on local
+files, with progress bars. Job fields are validated by :class:`simprune.jobspec.JobSpec` before anything runs."""
 
 from __future__ import annotations
 
@@ -91,6 +91,23 @@ def _finetune_fields(epochs: int, train_samples: int | None, distill: bool, batc
     return out
 
 
+def _switches(*, no_fold: bool, no_lstsq: bool, no_bn: bool, sequential: bool | None,
+              block_recon: bool | None) -> dict[str, bool] | None:
+    """The compensation switches the command line sets explicitly (the rest come from the preset)."""
+    given = {"fold": False if no_fold else None, "lstsq": False if no_lstsq else None, "bn": False if no_bn else None,
+             "sequential": sequential, "block_recon": block_recon}
+    return {k: v for k, v in given.items() if v is not None} or None
+
+
+def _profile_file(profile: str | None) -> Path | None:
+    """The profile file named by ``--profile`` (None for 'worker' or none); exit 2 when it is missing."""
+    if profile is None or profile == "worker":
+        return None
+    if not Path(profile).is_file():
+        fail(f"profile not found: {profile} (give a file from `simprune profile`, or 'worker')")
+    return Path(profile)
+
+
 def prune(
     weights: Annotated[Path, typer.Option(help="checkpoint: .safetensors or .pt/.pth/.th (weights only), or an "
                                                ".onnx model (then no --arch)")],
@@ -101,6 +118,12 @@ def prune(
                                                         "ONNX model's)")] = None,
     method: Annotated[str, typer.Option(help="method, see `simprune methods`")] = "l1",
     target_flops_reduction: Annotated[float | None, typer.Option(help="fraction of FLOPs to remove")] = None,
+    target_speedup: Annotated[float | None, typer.Option(
+        help="latency target: the pruned model this many times faster on the profile's device (with --profile; "
+        "default the worker profile of this machine)")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="device profile: a file from `simprune profile`, or 'worker' (this machine's, measured once and "
+        "cached); also sets the default --round-to")] = None,
     pruning_ratio: Annotated[str | None, typer.Option(help="fraction of channels per layer, or 'auto'")] = None,
     calib: Annotated[Path | None, typer.Option(help="calibration data: ImageFolder dir/zip or .npz")] = None,
     calib_samples: Annotated[int, typer.Option(help="calibration samples used")] = CALIB_SAMPLES,
@@ -111,14 +134,22 @@ def prune(
     num_classes: Annotated[int | None, typer.Option(help="classes (inferred from the checkpoint)")] = None,
     in_channels: Annotated[int | None, typer.Option(help="input channels (inferred)")] = None,
     round_to: Annotated[int | None, typer.Option(help="keep channel counts multiples of N")] = None,
-    allocation: Annotated[str, typer.Option(help="uniform | global | sensitivity")] = "uniform",
+    preset: Annotated[str | None, typer.Option(help="fast | balanced | best (default: best with --calib, the "
+                                                    "data-free path without)")] = None,
+    allocation: Annotated[str | None, typer.Option(help="uniform | global | sensitivity (default: the "
+                                                        "preset's)")] = None,
+    depth: Annotated[bool | None, typer.Option("--depth/--no-depth", help="with sensitivity allocation: also "
+                     "drop whole residual blocks where the architecture allows (default: the preset's)")] = None,
     option: Annotated[list[str] | None, typer.Option(help="method option key=value (repeatable)")] = None,
     no_fold: Annotated[bool, typer.Option("--no-fold", help="disable folding compensation")] = False,
     no_lstsq: Annotated[bool, typer.Option("--no-lstsq", help="disable least-squares reconstruction")] = False,
     no_bn: Annotated[bool, typer.Option("--no-bn", help="disable BatchNorm re-estimation")] = False,
-    sequential: Annotated[bool, typer.Option(
-        "--sequential", help="select and re-fit group by group on the pruned model's features (slower, "
-        "better with data-driven methods such as recon)")] = False,
+    sequential: Annotated[bool | None, typer.Option(
+        "--sequential/--no-sequential", help="select and re-fit group by group on the pruned model's features "
+        "(default: the preset's)")] = None,
+    block_recon: Annotated[bool | None, typer.Option(
+        "--block-recon/--no-block-recon", help="label-free block reconstruction after pruning (default: the "
+        "preset's)")] = None,
     finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs after pruning")] = 0,
     train: Annotated[Path | None, typer.Option(help="training data for fine-tuning")] = None,
     train_samples: Annotated[int | None, typer.Option(help="limit training samples")] = None,
@@ -131,9 +162,12 @@ def prune(
                                                           "default all")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    latency: Annotated[bool | None, typer.Option("--latency/--no-latency", help="time dense vs pruned on this "
+                       "device for the report (default: on, unless SIMPRUNE_MEASURE_LATENCY=0)")] = None,
+    latency_budget_s: Annotated[float, typer.Option(help="time budget of the latency measurement")] = 60.0,
 ) -> None:
-    """Prune a checkpoint to a FLOPs target or ratio; write verified exports and a report into OUT."""
-    from simprune.pipeline import PruneJob, run_prune_job
+    """Prune a checkpoint to a FLOPs target, a ratio or a speedup; write verified exports and a report into OUT."""
+    from simprune.pipeline import PruneJob
 
     if not weights.is_file():
         fail(f"checkpoint not found: {weights}")
@@ -146,12 +180,16 @@ def prune(
     for p in (calib, eval, train):
         if p is not None and not p.exists():
             fail(f"data not found: {p}")
+    profile_path = _profile_file(profile)
     fields: dict[str, Any] = {
-        "method": method, "target_flops_reduction": target_flops_reduction,
+        "method": method, "target_flops_reduction": target_flops_reduction, "target_speedup": target_speedup,
+        "latency_profile": "worker" if profile == "worker" else None, "depth": depth,
+        "measure_latency": latency, "latency_budget_s": latency_budget_s,
         "pruning_ratio": parse_ratio(pruning_ratio), "options": parse_options(option),
         "calib_samples": calib_samples, "eval_samples": eval_samples, "round_to": round_to,
         "allocation": allocation, "batch_size": batch_size, "seed": seed,
-        "compensation": {"fold": not no_fold, "lstsq": not no_lstsq, "bn": not no_bn, "sequential": sequential},
+        "compensation": _switches(no_fold=no_fold, no_lstsq=no_lstsq, no_bn=no_bn, sequential=sequential,
+                                  block_recon=block_recon), "preset": preset,
         "finetune": _finetune_fields(finetune_epochs, train_samples, distill, batch_size, lr=lr,
                                      optimizer=optimizer, weight_decay=weight_decay),
     }
@@ -162,12 +200,20 @@ def prune(
             arch=arch or "onnx", weights=weights, input_size=tuple(int(v) for v in size) if size else None,
             calib=calib, eval=eval, train=train, mean=parse_floats(mean, "--mean"),
             std=parse_floats(std, "--std"), num_classes=num_classes, in_channels=in_channels, device=device,
-            **fields)
+            profile=profile_path, **fields)
     except ValidationError as exc:
         fail(spec_error(exc))
+    _run_and_summarise(job, out, f"{arch or weights.name}/{method}")
+
+
+def _run_and_summarise(job: Any, out: Path, title: str) -> None:
+    """Check and run a :class:`~simprune.pipeline.PruneJob` with a progress bar, print its summary; engine errors
+    exit 2 with one line."""
+    from simprune.pipeline import run_prune_job
+
     try:
         job.check()
-        with progress_bar(f"{arch or weights.name}/{method}") as update:
+        with progress_bar(title) as update:
             report = run_prune_job(job, out, progress=update)
     except SimpruneError as exc:
         fail(str(exc))
@@ -208,6 +254,88 @@ def analyze(
                f"results in {out}")
 
 
+def _profile_model(arch: str | None, weights: Path | None) -> tuple[str, Any, tuple[int, ...]]:
+    """The model to profile (random weights without a checkpoint: timing does not depend on them), its arch
+    name and its input size."""
+    from simprune.checkpoint import load_state_dict
+    from simprune.zoo import build_for_state_dict, build_model, get_arch
+
+    if weights is not None and not weights.is_file():
+        fail(f"checkpoint not found: {weights}")
+    if weights is not None and weights.suffix.lower() == ".onnx":
+        if arch is not None:
+            fail("--arch is not used with an .onnx model: the architecture is the file's graph")
+        from simprune.onnx_import import register_onnx
+
+        info = register_onnx(weights)
+        return info.name, info.builder(), tuple(info.input_size)
+    if arch is None:
+        fail("--arch is required (see `simprune archs`), or --weights model.onnx")
+    try:
+        info = get_arch(arch)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    model = build_for_state_dict(arch, load_state_dict(weights)) if weights is not None else build_model(arch)
+    return arch, model, tuple(info.input_size)
+
+
+def profile(
+    out: Annotated[Path, typer.Option(help="profile file to write (JSON)")],
+    arch: Annotated[str | None, typer.Option(help="architecture, see `simprune archs`")] = None,
+    weights: Annotated[Path | None, typer.Option(help="checkpoint (optional: timing does not depend on the "
+                                                      "weights), or an .onnx model instead of --arch")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda (auto: CUDA when present)")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's)")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size profiled")] = 1,
+    input_size: Annotated[tuple[int, int, int] | None, typer.Option(help="input size C H W (default: the "
+                                                                        "architecture's)")] = None,
+    budget_s: Annotated[float, typer.Option(help="time budget in seconds")] = 300.0,
+    round_to: Annotated[bool, typer.Option("--round-to/--no-round-to", help="measure the fastest channel "
+                                                                             "multiple")] = True,
+    checks: Annotated[int, typer.Option(help="random prunings measured against the prediction")] = 2,
+) -> None:
+    """Measure a device profile on this machine: dense latency, each group at a ladder of widths, each removable
+    block dropped, the fixed cost and the fastest channel multiple (for --target-speedup jobs)."""
+    from simprune.device import select_device
+    from simprune.profiles import save_profile
+    from simprune.profiling import ROUND_CANDIDATES, ProfileSettings, measure_profile
+
+    if batch_size < 1 or budget_s <= 0 or checks < 0 or (threads is not None and threads < 1):
+        fail("--batch-size and --threads must be at least 1, --budget-s positive, --checks not negative")
+    try:
+        dev = select_device(device)
+        name, model, size = _profile_model(arch, weights)
+        size = tuple(input_size) if input_size else size
+        settings = ProfileSettings(batch_size=batch_size, budget_s=budget_s, threads=threads, checks=checks,
+                                   round_candidates=ROUND_CANDIDATES if round_to else ())
+        with progress_bar(f"profile {name} on {dev}") as update:
+            result = measure_profile(model, name, size, dev, settings, progress=update)
+    except SimpruneError as exc:
+        fail(str(exc))
+    save_profile(result.profile, out)
+    _profile_summary(result, out)
+
+
+def _profile_summary(result: Any, out: Path) -> None:
+    p = result.profile
+    env = p.environment
+    lines = [f"{p.arch} {tuple(p.input_size)} batch {p.batch_size} on {env.device_name} ({env.device_type}"
+             + (f", {env.threads} threads" if env.threads else "") + f"): dense {p.dense_ms:.3f} ms, fixed "
+             f"{p.fixed_ms:.3f} ms",
+             f"round_to {p.round_to}" + (" (time per channel relative to the best: "
+                                         + ", ".join(f"{m}: {v:.3f}" for m, v in result.round_scores.items())
+                                         + ")" if result.round_scores else ""),
+             f"{len(p.groups)} groups, {len(p.blocks)} blocks measured in {result.seconds:.1f}s"
+             + (f"; {len(result.skipped)} left out (budget or surgery)" if result.skipped else "")
+             + "; calibration " + ", ".join(f"{k} x{v}" for k, v in result.calibration.items() if v is not None)]
+    for c in result.checks:
+        lines.append(f"check: {c['groups_pruned']} groups pruned, {c['blocks_dropped']} blocks dropped: predicted "
+                     f"{c['predicted_ms']:.3f} ms ({c['predicted_speedup']:.2f}x), measured {c['measured_ms']:.3f} ms "
+                     f"({c['measured_speedup']:.2f}x), error {100 * c['error']:+.1f}%")
+    lines.append(f"profile: {out}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
 def methods() -> None:
     """List the methods (from the registry) and their options."""
     from simprune.methods import list_methods
@@ -217,6 +345,11 @@ def methods() -> None:
         needs = "(trains: needs training data) " if m["trains"] else (
             "(needs data) " if m["needs_data"] else "")
         typer.echo(f"{m['name']:<16} {needs}{m['summary']}  [{opts}]")
+    from simprune.presets import presets_catalogue
+
+    typer.echo("\npresets (--preset; default: best with --calib, data_free without):")
+    for p in presets_catalogue():
+        typer.echo(f"{p['name']:<16} {p['summary']}")
 
 
 def archs(
@@ -232,8 +365,8 @@ def archs(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the local commands (prune, analyze, methods, archs) to the CLI."""
-    for command in (prune, analyze, methods, archs):
+    """Add the local commands (prune, analyze, profile, methods, archs) to the CLI."""
+    for command in (prune, analyze, profile, methods, archs):
         app.command()(command)
 
 
@@ -250,4 +383,14 @@ def _summary(report: dict[str, Any], out: Path) -> None:
         "exports: " + ", ".join(f"{e['file']} (max diff {e['max_abs_diff']})" for e in report["exports"]),
         f"report: {out / 'report.json'}  ({report['timings']['total_s']:.1f}s)",
     ]
+    latency = report.get("latency") or {}
+    for r in latency.get("rows", []):
+        lines.insert(-1, f"latency {r['runtime']} batch {r['batch']}: {r['dense_ms']:.2f} -> {r['pruned_ms']:.2f} ms "
+                         f"({r['speedup']:.2f}x" + (f", efficiency {r['efficiency']:.0%}" if "efficiency" in r else "")
+                         + ")")
+    if report.get("predicted_speedup") is not None:
+        measured = report.get("measured_speedup")
+        lines.insert(-1, f"speedup predicted {report['predicted_speedup']:.2f}x, measured "
+                         + (f"{measured:.2f}x" if measured is not None else "n/a (profile from another device)"))
+    lines[-1:-1] = [f"warning: {w}" for w in report.get("warnings") or []]
     sys.stdout.write("\n".join(lines) + "\n")

@@ -1,5 +1,6 @@
 """Drive a simprune server from the command line: ``simprune submit`` (upload, submit, follow, download) and
-``simprune jobs list|show|wait|cancel|download|delete``, ``simprune models|datasets list|delete``.
+``simprune jobs list|show|wait|cancel|download|delete``, ``simprune models|datasets list|delete``,
+``simprune profiles upload|list|show|delete`` (device latency profiles for ``submit --target-speedup``).
 
 Only :mod:`simprune.client` (httpx) is used: this works without the server extra. The server comes from
 ``--server`` or ``SIMPRUNE_SERVER``, the key from ``--api-key`` or ``SIMPRUNE_API_KEY``.
@@ -81,12 +82,15 @@ def _upload_or_reuse(c: Client, path: Path, kind: str, reuse: bool, arch: str | 
 
     if reuse:
         digest = sha256_file(path)
-        found = c.find_model(digest, arch) if kind == "model" else c.find_dataset(digest)
+        found = {"model": lambda: c.find_model(digest, arch), "dataset": lambda: c.find_dataset(digest),
+                 "device profile": lambda: c.find_device_profile(digest)}[kind]()
         if found is not None:
             console.print(f"reusing {kind} {found['id']} (same sha256 as {path.name})")
             return found, False
     if kind == "model":
         return c.upload_model(path, arch=str(arch), **upload), True
+    if kind == "device profile":
+        return c.upload_device_profile(path), True
     return c.upload_dataset(path), True
 
 
@@ -104,6 +108,28 @@ def _resolve_data(c: Client, ref: str, reuse: bool, uploaded: list[tuple[str, st
     raise typer.BadParameter(f"'{ref}' is neither a file nor a dataset id (dst_...)")
 
 
+def _check_profile_ref(ref: str | None) -> None:
+    """Refuse a ``--profile`` that is neither ``worker``, a file nor a profile id (before anything is uploaded)."""
+    if ref is not None and ref != "worker" and not Path(ref).is_file() and not ref.startswith("prf_"):
+        raise typer.BadParameter(f"'{ref}' is neither 'worker', a profile file nor a device profile id (prf_...)",
+                                 param_hint="--profile")
+
+
+def _resolve_profile(c: Client, ref: str, reuse: bool, uploaded: list[tuple[str, str]]) -> dict[str, str]:
+    """The job fields for ``--profile``: ``worker`` (measured on the worker), a profile file (uploaded or
+    reused) or an uploaded profile's id."""
+    if ref == "worker":
+        return {"latency_profile": "worker"}
+    if not Path(ref).is_file():
+        return {"device_profile_id": ref}
+    prof, new = _upload_or_reuse(c, Path(ref), "device profile", reuse)
+    if new:
+        uploaded.append(("device profile", prof["id"]))
+        console.print(f"device profile {prof['id']}: {prof['arch']} {prof['input_size']} on "
+                      f"{prof['device_type']} ({prof['device_name']})")
+    return {"device_profile_id": prof["id"]}
+
+
 def _finetune(epochs: int | None, lr: float | None, batch_size: int | None, optimizer: str | None,
               distill: bool | None, train_samples: int | None, max_steps: int | None,
               extra: str | None) -> dict[str, Any] | None:
@@ -119,9 +145,10 @@ def _cleanup(c: Client, uploaded: list[tuple[str, str]]) -> None:
     """Delete what this call uploaded (the job was rejected)."""
     from simprune.client import ApiError
 
+    delete = {"model": c.delete_model, "dataset": c.delete_dataset, "device profile": c.delete_device_profile}
     for kind, rid in reversed(uploaded):
         try:
-            (c.delete_model if kind == "model" else c.delete_dataset)(rid)
+            delete[kind](rid)
             console.print(f"removed the {kind} {rid} uploaded for the rejected job")
         except ApiError as exc:
             console.print(f"[yellow]could not remove {kind} {rid}: {exc}[/]")
@@ -182,13 +209,24 @@ def submit(
                                                      "(VALUE as JSON when it parses); repeatable.")] = None,
     target_flops_reduction: Annotated[float | None, typer.Option(help="Fraction of FLOPs to remove.")] = None,
     pruning_ratio: Annotated[str | None, typer.Option(help="Channel fraction to remove, or 'auto'.")] = None,
+    target_speedup: Annotated[float | None, typer.Option(help="Latency target: the pruned model this many times "
+                                                         "faster on the profile's device (needs --profile).")] = None,
+    profile: Annotated[str | None, typer.Option(help="Device profile of a latency target: a file written by "
+                                                "`simprune profile` (uploaded), an uploaded profile's id "
+                                                "(prf_...), or 'worker' (measured on the worker).")] = None,
+    preset: Annotated[str | None, typer.Option(help="fast, balanced or best (default: best with calibration "
+                                                    "data).")] = None,
     allocation: Annotated[str | None, typer.Option(help="uniform, global or sensitivity.")] = None,
+    depth: Annotated[bool | None, typer.Option("--depth/--no-depth", help="Drop whole residual blocks too "
+                                               "(sensitivity allocation).")] = None,
     round_to: Annotated[int | None, typer.Option(help="Keep channel counts multiples of N.")] = None,
     fold: Annotated[bool | None, typer.Option("--fold/--no-fold", help="Compensation: fold.")] = None,
     lstsq: Annotated[bool | None, typer.Option("--lstsq/--no-lstsq", help="Compensation: lstsq.")] = None,
     bn: Annotated[bool | None, typer.Option("--bn/--no-bn", help="Compensation: BatchNorm re-estimation.")] = None,
     sequential: Annotated[bool | None, typer.Option("--sequential/--no-sequential",
                                                     help="Compensation: group by group.")] = None,
+    block_recon: Annotated[bool | None, typer.Option("--block-recon/--no-block-recon",
+                                                     help="Compensation: label-free block reconstruction.")] = None,
     calib: Annotated[str | None, typer.Option(help="Calibration data: a file or a dataset id.")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval", help="Evaluation data: a file or a dataset id.")] = None,
     train: Annotated[str | None, typer.Option(help="Training data: a file or a dataset id.")] = None,
@@ -222,6 +260,7 @@ def submit(
         raise typer.BadParameter("give a checkpoint or --model-id (not both)")
     if checkpoint is not None and not arch:
         raise typer.BadParameter("--arch is needed with a checkpoint")
+    _check_profile_ref(profile)
     ratio: float | str | None = None
     if pruning_ratio is not None:
         try:
@@ -229,12 +268,14 @@ def submit(
         except ValueError:
             raise typer.BadParameter(f"must be a number in [0, 1) or 'auto', got {pruning_ratio!r}",
                                      param_hint="--pruning-ratio") from None
-    comp = {k: v for k, v in (("fold", fold), ("lstsq", lstsq), ("bn", bn), ("sequential", sequential))
-            if v is not None}
+    comp = {k: v for k, v in (("fold", fold), ("lstsq", lstsq), ("bn", bn), ("sequential", sequential),
+                              ("block_recon", block_recon)) if v is not None}
     fields: dict[str, Any] = {
         "options": dict(_parse_option(o) for o in option or []), "allocation": allocation, "round_to": round_to,
+        "preset": preset, "depth": depth,
         "compensation": comp or None, "calib_samples": calib_samples, "eval_samples": eval_samples,
         "batch_size": batch_size, "seed": seed, "exports": export, "time_limit_s": time_limit_s,
+        "target_speedup": target_speedup,
         "finetune": _finetune(finetune_epochs, finetune_lr, finetune_batch_size, finetune_optimizer,
                               finetune_distill, train_samples, finetune_max_steps, finetune_json),
     }
@@ -243,7 +284,7 @@ def submit(
     upload = {"num_classes": num_classes, "input_size": _csv(input_size, int), "mean": _csv(mean), "std": _csv(std)}
     with _client(server, api_key) as c:
         job = _submit(c, checkpoint, model_id, arch, upload, method, target_flops_reduction, ratio, fields,
-                      data_refs, reuse)
+                      data_refs, reuse, profile)
         if wait:
             _finish(c, follow(c, job["id"]), out)
         typer.echo(job["id"])
@@ -251,8 +292,9 @@ def submit(
 
 def _submit(c: Client, checkpoint: Path | None, model_id: str | None, arch: str | None, upload: dict[str, Any],
             method: str, target: float | None, ratio: float | str | None, fields: dict[str, Any],
-            data_refs: dict[str, str | None], reuse: bool) -> dict[str, Any]:
-    """Upload (or reuse) the model and data and submit; on rejection remove what was uploaded, then re-raise."""
+            data_refs: dict[str, str | None], reuse: bool, profile: str | None = None) -> dict[str, Any]:
+    """Upload (or reuse) the model, data and device profile and submit; on rejection remove what was uploaded,
+    then re-raise."""
     from simprune.client import ApiError
 
     uploaded: list[tuple[str, str]] = []
@@ -267,6 +309,8 @@ def _submit(c: Client, checkpoint: Path | None, model_id: str | None, arch: str 
         for name, ref in data_refs.items():
             if ref:
                 fields[name] = _resolve_data(c, ref, reuse, uploaded)
+        if profile:
+            fields.update(_resolve_profile(c, profile, reuse, uploaded))
         job = c.submit(str(model_id), method, target_flops_reduction=target, pruning_ratio=ratio,
                        idempotency_key=uuid.uuid4().hex, **fields)
     except ApiError:
@@ -281,6 +325,9 @@ def _submit(c: Client, checkpoint: Path | None, model_id: str | None, arch: str 
 jobs_app = typer.Typer(help="List, inspect, follow, cancel, download and delete jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="Uploaded models.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Uploaded datasets.", no_args_is_help=True)
+profiles_app = typer.Typer(help="Uploaded device latency profiles (for submit --target-speedup).",
+                           no_args_is_help=True)
+PROFILE_COLUMNS = ["id", "name", "arch", "input_size", "device_type", "device_name", "created_at"]
 JOB_COLUMNS = ["id", "status", "method", "stage", "progress", "model_id", "created_at"]
 
 
@@ -396,9 +443,50 @@ def datasets_delete(dataset_id: str, server: ServerOpt = DEFAULT_SERVER, api_key
     typer.echo(f"deleted {dataset_id}")
 
 
+@profiles_app.command("upload")
+def profiles_upload(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                                         help="A profile file written by `simprune profile`.")],
+                    name: Annotated[str | None, typer.Option(help="A label (default: the file name).")] = None,
+                    server: ServerOpt = DEFAULT_SERVER, api_key: KeyOpt = None) -> None:
+    """Upload a device profile; prints its id."""
+    with _client(server, api_key) as c:
+        prof = c.upload_device_profile(path, name=name)
+    console.print(f"device profile {prof['id']}: {prof['arch']} {prof['input_size']} on {prof['device_type']} "
+                  f"({prof['device_name']})")
+    typer.echo(prof["id"])
+
+
+@profiles_app.command("list")
+def profiles_list(as_json: JsonOpt = False, server: ServerOpt = DEFAULT_SERVER, api_key: KeyOpt = None) -> None:
+    """Every uploaded device profile."""
+    with _client(server, api_key) as c:
+        rows = list(c.iter_device_profiles())
+    if as_json:
+        _print_json(rows)
+    else:
+        _table(rows, PROFILE_COLUMNS)
+
+
+@profiles_app.command("show")
+def profiles_show(profile_id: str, server: ServerOpt = DEFAULT_SERVER, api_key: KeyOpt = None) -> None:
+    """One device profile with its content, as JSON."""
+    with _client(server, api_key) as c:
+        _print_json(c.get_device_profile(profile_id))
+
+
+@profiles_app.command("delete")
+def profiles_delete(profile_id: str, server: ServerOpt = DEFAULT_SERVER, api_key: KeyOpt = None) -> None:
+    """Delete an uploaded device profile."""
+    with _client(server, api_key) as c:
+        c.delete_device_profile(profile_id)
+    typer.echo(f"deleted {profile_id}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``submit`` and the ``jobs``, ``models`` and ``datasets`` groups to the ``simprune`` CLI."""
+    """Add ``submit`` and the ``jobs``, ``models``, ``datasets`` and ``profiles`` groups to the ``simprune``
+    CLI."""
     app.command("submit")(submit)
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(models_app, name="models")
     app.add_typer(datasets_app, name="datasets")
+    app.add_typer(profiles_app, name="profiles")

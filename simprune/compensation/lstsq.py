@@ -73,7 +73,7 @@ def _leaf_order(model: nn.Module, x: torch.Tensor) -> tuple[list[str], dict[str,
                     follow_bn.setdefault(src, name)
             if isinstance(out, torch.Tensor):
                 producer[id(out)] = name
-                biggest[0] = max(biggest[0], int(out[0].numel()))
+                biggest[0] = max(biggest[0], int(out[0].numel()) if out.dim() else 1)
 
         return fn
 

@@ -488,7 +488,7 @@ class DCFF(Method):
         errors = []
         if spec.pruning_ratio == "auto":
             errors.append(("pruning_ratio", "dcff has no automatic kept count; give a ratio or a FLOPs target"))
-        if spec.allocation != "uniform":
+        if spec.allocation not in (None, "uniform"):
             errors.append(("allocation", "dcff supports allocation 'uniform' only (one ratio over the fusable "
                                          "layers)"))
         return errors

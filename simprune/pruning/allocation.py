@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -137,10 +138,12 @@ SENSITIVITY_DEFAULTS: dict[str, object] = {
     "min_keep_frac": 0.125,
     "local": "lstsq",
     "damage": None,
+    "depth": False,
 }
 """``allocation="sensitivity"`` options: calibration images scanned, keep fractions probed per group, the
 smallest fraction of a group's channels ever kept, the scan's local compensation ("lstsq" | "mean"), and
-``damage``: curves from an earlier scan (a report's ``"sensitivity"``) to reuse instead of scanning again."""
+``damage``: curves from an earlier scan (a report's ``"sensitivity"``) to reuse instead of scanning again, and
+``depth``: also consider dropping whole residual blocks (their drop damage scanned the same way)."""
 
 
 def _kl(dense_logp: torch.Tensor, logits: torch.Tensor) -> float:
@@ -323,42 +326,142 @@ def _interp_curve(curve: dict[int, float], n: int) -> list[float]:
 
 KNAPSACK_UNITS = 20_000
 
+Option = tuple[Any, float, float]
+"""One choice for one knapsack item: ``(payload, damage, saved)``; the payload is a kept count for a group, a
+``{group: kept}`` dict or :data:`DROP` for a residual block."""
+DROP = "drop"
 
-def _min_damage_choice(options: dict[str, list[tuple[int, float, float]]], need: float,
-                       units: int = KNAPSACK_UNITS) -> dict[str, int]:
-    """One option ``(kept, damage, flops saved)`` per group, minimising the summed damage with at least
-    ``need`` FLOPs saved (multiple-choice knapsack; saved FLOPs rounded down to ``need / units``, so the
-    constraint holds exactly). Ties keep more channels."""
+
+def _min_damage_choice(options: dict[str, list[Option]], need: float, units: int = KNAPSACK_UNITS) -> dict[str, Any]:
+    """One option ``(payload, damage, saved)`` per item, minimising the summed damage with at least ``need``
+    saved (multiple-choice knapsack; savings rounded down to ``need / units``, so the constraint holds
+    exactly); returns each item's payload. The saved quantity is whatever the caller budgets (FLOPs, predicted
+    milliseconds). Ties take the earlier option (callers list them from the least saving: most kept first)."""
     names = list(options)
     if need <= 0:
-        return {n: max(o[0] for o in options[n]) for n in names}
+        return {n: max(o[0] for o in options[n]) if all(isinstance(o[0], int) for o in options[n])
+                else options[n][0][0] for n in names}
     unit = need / units
     dp = torch.full((units + 1,), math.inf, dtype=torch.float64)
     dp[0] = 0.0
-    back: list[tuple[torch.Tensor, torch.Tensor]] = []  # per group: (option index, predecessor) per state
+    back: list[tuple[torch.Tensor, torch.Tensor]] = []  # per item: (option index, predecessor) per state
     ar = torch.arange(units + 1)
     for name in names:
-        opts = options[name]
         # suffix minimum of dp (value, index) for the capped state "units"
         rev = torch.flip(dp, [0])
         suf_val, suf_idx = torch.cummin(rev, 0)
         suf_val, suf_idx = torch.flip(suf_val, [0]), units - torch.flip(suf_idx, [0])
-        cand = torch.full((len(opts), units + 1), math.inf, dtype=torch.float64)
-        pred = torch.zeros((len(opts), units + 1), dtype=torch.long)
-        for i, (_k, dmg, saved) in enumerate(opts):
+        best = torch.full((units + 1,), math.inf, dtype=torch.float64)
+        choice = torch.zeros(units + 1, dtype=torch.long)
+        pred = torch.zeros(units + 1, dtype=torch.long)
+        cand = torch.empty(units + 1, dtype=torch.float64)
+        cpred = torch.empty(units + 1, dtype=torch.long)
+        for i, (_p, dmg, saved) in enumerate(options[name]):  # streamed: memory O(units) per item
             su = min(units, int(saved // unit))
-            cand[i, su:units] = dp[: units - su] + dmg
-            pred[i, su:units] = ar[: units - su]
-            cand[i, units] = suf_val[units - su] + dmg
-            pred[i, units] = suf_idx[units - su]
-        dp, choice = torch.min(cand, 0)  # first minimum: options run from most kept to fewest
-        back.append((choice, pred.gather(0, choice.unsqueeze(0)).squeeze(0)))
-    keep: dict[str, int] = {}
+            cand.fill_(math.inf)
+            cand[su:units] = dp[: units - su] + dmg
+            cpred[su:units] = ar[: units - su]
+            cand[units] = suf_val[units - su] + dmg
+            cpred[units] = suf_idx[units - su]
+            better = cand < best  # strict: the first minimum wins, as options run from least to most saved
+            best = torch.where(better, cand, best)
+            choice = torch.where(better, i, choice)
+            pred = torch.where(better, cpred, pred)
+        dp = best
+        back.append((choice, pred))
+    out: dict[str, Any] = {}
     state = units
     for name, (choice, pred) in zip(reversed(names), reversed(back), strict=True):
-        keep[name] = options[name][int(choice[state])][0]
+        out[name] = options[name][int(choice[state])][0]
         state = int(pred[state])
-    return keep
+    return out
+
+
+def _group_options(spec: GroupSpec, curve: dict[int, float], saving: Callable[[GroupSpec, int], float],
+                   round_to: int | None, min_keep_frac: float) -> list[Option]:
+    """``(kept, damage, saved)`` for every allowed kept count of one group, from most kept to fewest."""
+    step = spec.ch_groups * (round_to or 1)
+    lo = max(spec.min_keep(round_to), math.ceil(spec.n_channels * min_keep_frac))
+    dmg = _interp_curve(curve, spec.n_channels)
+    opts = []
+    for k in range(spec.n_channels, lo - 1, -1):
+        if k != spec.n_channels and k % step:
+            continue
+        if not math.isfinite(dmg[k]):
+            continue
+        opts.append((k, dmg[k], float(saving(spec, k))))
+    return opts
+
+
+def _pareto(opts: list[Option], unit: float) -> list[Option]:
+    """The options no other option beats on both damage and (unit-rounded) saving, by increasing saving."""
+    bucket: dict[int, Option] = {}
+    for o in opts:
+        b = int(o[2] // unit) if unit > 0 else 0
+        if b not in bucket or o[1] < bucket[b][1]:
+            bucket[b] = o
+    front: list[Option] = []
+    for b in sorted(bucket, reverse=True):  # most saved first: keep an option only if it damages less
+        if not front or bucket[b][1] < front[-1][1]:
+            front.append(bucket[b])
+    return front[::-1]
+
+
+@dataclass(frozen=True)
+class BlockOption:
+    """A removable residual block as a knapsack choice: the groups inside it, and dropping it whole."""
+
+    name: str
+    groups: tuple[str, ...]
+    damage: float
+    saved: float
+
+
+def _block_options(block: BlockOption, group_opts: dict[str, list[Option]], unit: float) -> list[Option]:
+    """The joint choices of a block's inner groups (Pareto front, payload ``{group: kept}``), then dropping it."""
+    joint: list[Option] = [({}, 0.0, 0.0)]
+    for g in block.groups:
+        joint = _pareto([(p | {g: k}, d + dg, s + sg) for p, d, s in joint for k, dg, sg in group_opts[g]], unit)
+    return joint + [(DROP, block.damage, block.saved)]
+
+
+def budgeted_keep(
+    specs: list[GroupSpec],
+    damage: dict[str, dict[int, float]],
+    saving: Callable[[GroupSpec, int], float],
+    need: float,
+    round_to: int | None = None,
+    min_keep_frac: float = 0.125,
+    blocks: list[BlockOption] | tuple[BlockOption, ...] = (),
+) -> tuple[dict[str, int], list[str]]:
+    """Kept counts (and dropped blocks) minimising the summed damage with at least ``need`` saved.
+
+    ``saving(spec, kept)`` is what one group saves at a kept count, alone (FLOPs or predicted ms); savings
+    are taken as additive. A block of ``blocks`` is one knapsack item choosing between its inner groups'
+    counts and being dropped (its ``saved`` then replaces theirs). Returns ``(keep, dropped)``; the groups of a
+    dropped block keep all their channels in ``keep``. :class:`InputError` when ``need`` is out of reach.
+    """
+    options: dict[str, list[Option]] = {
+        s.name: _group_options(s, damage[s.name], saving, round_to, min_keep_frac) for s in specs}
+    inner = {g for b in blocks for g in b.groups}
+    items: dict[str, list[Option]] = {n: o for n, o in options.items() if n not in inner}
+    unit = need / KNAPSACK_UNITS if need > 0 else 0.0
+    for b in blocks:
+        items["block:" + b.name] = _block_options(b, options, unit)
+    max_saved = sum(max(o[2] for o in opts) for opts in items.values())
+    if max_saved < need * 0.99:
+        raise InputError(f"the target is out of reach with at least {min_keep_frac:.0%} of every group kept")
+    chosen = _min_damage_choice(items, need)
+    keep = {s.name: s.n_channels for s in specs}
+    dropped = []
+    for item, payload in chosen.items():
+        if payload == DROP:
+            dropped.append(item.removeprefix("block:"))
+        elif isinstance(payload, dict):
+            keep.update(payload)
+        else:
+            keep[item] = int(payload)
+    return keep, dropped
 
 
 def sensitivity_keep(
@@ -373,42 +476,68 @@ def sensitivity_keep(
     """Kept counts that minimise the summed per-group damage subject to the FLOPs target.
 
     Solved exactly (up to a 1/20,000 discretisation of the FLOPs to save) as a multiple-choice knapsack by
-    dynamic programming, so the target is met closely. Each group's FLOPs are taken as additive (exact when
-    groups do not share layers, as for the inner channels of residual blocks; the final count is corrected
-    by :func:`refine_to_target` anyway). No group keeps fewer than ``min_keep_frac`` of its channels, nor
-    fewer than its smallest probed count.
+    dynamic programming (:func:`budgeted_keep`), so the target is met closely. Each group's FLOPs are taken as
+    additive (exact when groups do not share layers, as for the inner channels of residual blocks; the final
+    count is corrected by :func:`refine_to_target` anyway). No group keeps fewer than ``min_keep_frac`` of its
+    channels, nor fewer than its smallest probed count.
     """
     if not 0.0 < target_reduction < 1.0:
         raise InputError("target FLOPs reduction must be in (0, 1)")
-    options: dict[str, list[tuple[int, float, float]]] = {}  # group -> [(kept, damage, flops saved)]
-    for s in specs:
-        step = s.ch_groups * (round_to or 1)
-        lo = max(s.min_keep(round_to), math.ceil(s.n_channels * min_keep_frac))
-        dmg = _interp_curve(damage[s.name], s.n_channels)
-        opts = []
-        for k in range(s.n_channels, lo - 1, -1):
-            if k != s.n_channels and k % step:
-                continue
-            if not math.isfinite(dmg[k]):
-                continue
-            saved = flops_before - flops_model.flops({s.name: k})
-            opts.append((k, dmg[k], float(saved)))
-        options[s.name] = opts
-    need = target_reduction * flops_before
-
-    def pick(lam: float) -> tuple[dict[str, int], float]:
-        keep, saved = {}, 0.0
-        for name, opts in options.items():
-            k, _, sv = min(opts, key=lambda o: (o[1] - lam * o[2], -o[0]))
-            keep[name] = k
-            saved += sv
-        return keep, saved
-
-    max_saved = sum(max(o[2] for o in opts) for opts in options.values())
-    if max_saved < need * 0.99:
+    try:
+        best, _ = budgeted_keep(specs, damage, lambda s, k: flops_before - flops_model.flops({s.name: k}),
+                                target_reduction * flops_before, round_to, min_keep_frac)
+    except InputError:
         raise InputError(
             f"target FLOPs reduction {target_reduction:.1%} is out of reach with at least {min_keep_frac:.0%} "
             "of every group kept"
-        )
-    best = _min_damage_choice(options, need)
+        ) from None
     return refine_to_target(best, specs, flops_model, flops_before, target_reduction, round_to)
+
+
+@torch.no_grad()
+def block_damage_scan(
+    model: torch.nn.Module,
+    names: list[str],
+    x: torch.Tensor,
+    should_cancel: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """Damage of dropping each residual block alone: ``{block: KL(dense || dropped)}`` on the logits of ``x``,
+    the metric of :func:`sensitivity_scan`. The model is left as it was."""
+    from simprune.pruning.blocks import temporarily_dropped
+
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    try:
+        dense_logp = torch.log_softmax(model(x).float(), dim=1)
+        for i, name in enumerate(names):
+            if should_cancel and should_cancel():
+                raise JobCancelled("cancelled during the block sensitivity scan")
+            with temporarily_dropped(model, name):
+                out[name] = _kl(dense_logp, model(x))
+            if progress is not None:
+                progress(i + 1, len(names))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def min_ratio_meeting(keep_for_ratio: Callable[[float], dict[str, int]], ok: Callable[[dict[str, int]], bool],
+                      what: str = "target") -> tuple[float, dict[str, int]]:
+    """The smallest pruning ratio (bisected) whose kept counts satisfy ``ok``; :class:`InputError` if none does."""
+    hi = 0.99
+    keep_hi = keep_for_ratio(hi)
+    if not ok(keep_hi):
+        raise InputError(f"{what} is out of reach: not met even with 99% of every group's channels removed")
+    lo, keep_lo = 0.0, keep_for_ratio(0.0)
+    if ok(keep_lo):
+        return 0.0, keep_lo
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        keep = keep_for_ratio(mid)
+        if ok(keep):
+            hi, keep_hi = mid, keep
+        else:
+            lo = mid
+    return hi, keep_hi

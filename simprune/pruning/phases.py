@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from simprune.compensation.block_recon import block_units, reconstruct_blocks
 from simprune.compensation.fold import fold_removed
 from simprune.compensation.lstsq import reconstruct_consumers
 from simprune.device import select_device
@@ -31,9 +32,14 @@ from simprune.errors import InputError, JobCancelled
 from simprune.flops import count_model
 from simprune.methods import get_criterion
 from simprune.methods.base import ChannelGroup, Criterion, Selection
+from simprune.profiles import DeviceProfile
 from simprune.pruning.allocation import (
     SENSITIVITY_DEFAULTS,
+    BlockOption,
+    block_damage_scan,
+    budgeted_keep,
     global_keep,
+    min_ratio_meeting,
     refine_to_target,
     search_ratio,
     sensitivity_keep,
@@ -41,6 +47,13 @@ from simprune.pruning.allocation import (
     uniform_keep,
 )
 from simprune.pruning.batchnorm import reestimate_bn
+from simprune.pruning.blocks import (
+    branch_groups,
+    drop_blocks,
+    first_layer_after_drops,
+    removable_blocks,
+    temporarily_dropped,
+)
 from simprune.pruning.features import collect_features, first_inputs, iter_inputs, to_channel_group
 from simprune.pruning.groups import FlopsModel, GroupSpec, discover_groups
 from simprune.pruning.report import per_layer_rows
@@ -51,13 +64,17 @@ ProgressFn = Callable[[str, float], None]
 DetailFn = Callable[[str, dict[str, Any]], None]
 """``detail(stage, info)``: what a stage has done, ``{"what": "groups scored", "done": 3, "total": 19}``."""
 
-DEFAULT_COMPENSATION = {"fold": True, "lstsq": True, "bn": True}
+DEFAULT_COMPENSATION = {"fold": True, "lstsq": True, "bn": True, "block_recon": False}
 DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": True, "min_r2": 0.0,
-                                                "sequential": False, "sequential_images": 1024}
+                                                "sequential": False, "sequential_images": 1024,
+                                                "block_recon_steps": 200, "block_recon_images": 512,
+                                                "block_recon_lr": 2e-3}
 """Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
 (re-estimate BatchNorms inside the least-squares pass instead of after it), ``min_r2`` (folding threshold),
 ``sequential`` (select, remove and re-fit one group at a time on the pruned model's features, see
-:mod:`simprune.pruning.sequential`; needs least squares), ``sequential_images``, and
+:mod:`simprune.pruning.sequential`; needs least squares), ``sequential_images``, ``block_recon_steps``,
+``block_recon_images`` and ``block_recon_lr`` (the ``block_recon`` switch: label-free block reconstruction, see
+:mod:`simprune.compensation.block_recon`), and
 :func:`~simprune.compensation.lstsq.reconstruct_consumers`'s ``ridge``, ``max_rows``, ``max_images``."""
 LSTSQ_OPTIONS = ("layers", "ridge", "max_rows", "max_images", "seed")
 
@@ -116,9 +133,24 @@ class PruneRun:
     selections: dict[str, Selection] = field(default_factory=dict)
     plan_layers: list[dict[str, Any]] = field(default_factory=list)
     lstsq_info: dict[str, Any] = field(default_factory=dict)
+    block_recon_info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     clock: float = 0.0
     detail: DetailFn | None = None
+    # depth (dropped residual blocks) and latency targets
+    drop_names: list[str] = field(default_factory=list)
+    target_speedup: float | None = None
+    profile: DeviceProfile | None = None
+    ignored_layers: list[str] | None = None
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    block_damage: dict[str, float] = field(default_factory=dict)
+    block_flops: dict[str, int] = field(default_factory=dict)
+    missing_groups: list[str] = field(default_factory=list)
+    missing_blocks: list[str] = field(default_factory=list)
+
+    @property
+    def dropped_names(self) -> list[str]:
+        return [d["name"] for d in self.dropped]
 
     def count(self, stage: str, lo: float, hi: float, what: str, done: int, total: int) -> None:
         """Progress ``done``/``total`` through a stage that spans [lo, hi] of the run, with its detail."""
@@ -139,9 +171,23 @@ class PruneRun:
 # 1. options
 
 
+def _check_latency(target_speedup: float | None, profile: DeviceProfile | None,
+                   target_flops_reduction: float | None, pruning_ratio: float | str | None) -> None:
+    if (target_speedup is None) != (profile is None):
+        raise InputError("target_speedup and latency_profile go together: give both or neither")
+    if target_speedup is None:
+        return
+    if target_flops_reduction is not None or pruning_ratio is not None:
+        raise InputError("give target_speedup or one of target_flops_reduction and pruning_ratio, not both")
+    if not isinstance(profile, DeviceProfile):
+        raise InputError("latency_profile must be a simprune.profiles.DeviceProfile")
+    if not 1.0 < float(target_speedup) <= 100.0:
+        raise InputError("target_speedup must be above 1 (and at most 100)")
+
+
 def _check_targets(target_flops_reduction: float | None, pruning_ratio: float | str | None, allocation: str,
-                   calib: Any) -> None:
-    if (target_flops_reduction is None) == (pruning_ratio is None):
+                   calib: Any, target_speedup: float | None = None) -> None:
+    if target_speedup is None and (target_flops_reduction is None) == (pruning_ratio is None):
         raise InputError("give exactly one of target_flops_reduction and pruning_ratio")
     if isinstance(pruning_ratio, str) and pruning_ratio != "auto":
         raise InputError("pruning_ratio must be a number in [0, 1) or 'auto'")
@@ -155,12 +201,16 @@ def _check_targets(target_flops_reduction: float | None, pruning_ratio: float | 
         raise InputError("allocation 'sensitivity' needs a FLOPs target or a pruning ratio, not 'auto'")
 
 
-def _allocation_options(allocation_options: dict[str, Any] | None) -> dict[str, Any]:
+def _allocation_options(allocation_options: dict[str, Any] | None, allocation: str) -> dict[str, Any]:
     aopts = dict(SENSITIVITY_DEFAULTS)
     unknown = set(allocation_options or {}) - set(aopts)
     if unknown:
         raise InputError(f"unknown allocation options: {sorted(unknown)}")
     aopts.update(allocation_options or {})
+    aopts["depth"] = bool(aopts["depth"])
+    if aopts["depth"] and allocation != "sensitivity":
+        raise InputError("allocation option 'depth' needs allocation 'sensitivity' (give drop_blocks to drop "
+                         "residual blocks with uniform or global allocation)")
     return aopts
 
 
@@ -182,7 +232,8 @@ def _compensation_settings(compensation: dict[str, bool] | None, compensation_op
         copts["sequential"] = bool(given.pop("sequential"))
     unknown_comp = set(given) - set(comp)
     if unknown_comp:
-        raise InputError(f"unknown compensation switch(es) {sorted(unknown_comp)}; valid: fold, lstsq, bn, sequential")
+        raise InputError(f"unknown compensation switch(es) {sorted(unknown_comp)}; valid: fold, lstsq, bn, "
+                         "block_recon, sequential")
     comp.update(given)
     if calib is None:
         comp = {k: False for k in comp}
@@ -194,10 +245,16 @@ def _options(model: nn.Module, method: str | Criterion, *, target_flops_reductio
              method_options: dict[str, Any] | None, compensation: dict[str, bool] | None,
              compensation_options: dict[str, Any] | None, device: torch.device | str | None,
              progress: ProgressFn | None, should_cancel: Callable[[], bool] | None,
-             allocation_options: dict[str, Any] | None, t0: float) -> PruneRun:
+             allocation_options: dict[str, Any] | None, t0: float, drop_blocks: list[str] | None = None,
+             target_speedup: float | None = None, latency_profile: DeviceProfile | None = None) -> PruneRun:
     """Validate the arguments of :func:`prune` and fill in the defaults (raises :class:`InputError`)."""
-    _check_targets(target_flops_reduction, pruning_ratio, allocation, calib)
-    aopts = _allocation_options(allocation_options)
+    _check_latency(target_speedup, latency_profile, target_flops_reduction, pruning_ratio)
+    if isinstance(drop_blocks, str):
+        raise InputError("drop_blocks must be a list of block names, not a string")
+    _check_targets(target_flops_reduction, pruning_ratio, allocation, calib, target_speedup)
+    aopts = _allocation_options(allocation_options, allocation)
+    if round_to is None and latency_profile is not None:
+        round_to = latency_profile.round_to  # the channel multiple the profile found fast
     if round_to is not None and round_to < 1:
         raise InputError("round_to must be a positive integer")
     crit = _criterion(method, method_options, calib)
@@ -209,7 +266,9 @@ def _options(model: nn.Module, method: str | Criterion, *, target_flops_reductio
     return PruneRun(crit=crit, calib=calib, device=dev, allocation=allocation,
                     target_flops_reduction=target_flops_reduction, pruning_ratio=pruning_ratio, round_to=round_to,
                     aopts=aopts, comp=comp, copts=copts, progress=progress or (lambda stage, frac: None),
-                    should_cancel=should_cancel, t0=t0)
+                    should_cancel=should_cancel, t0=t0, drop_names=list(dict.fromkeys(drop_blocks or [])),
+                    target_speedup=None if target_speedup is None else float(target_speedup),
+                    profile=latency_profile)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -228,11 +287,65 @@ def _groups(run: PruneRun, model: nn.Module, example_inputs: torch.Tensor, inpla
     run.clock = time.perf_counter()
     run.progress("analyze", 0.0)
     run.before = count_model(work, run.example)
-    run.dg, run.specs, run.skipped = discover_groups(work, run.example, ignored_layers)
-    if not run.specs:
-        raise InputError("this model has no prunable channel groups (all are ignored, frozen or coupled)")
-    run.flops_model = FlopsModel(run.before["per_layer"], dict(work.named_modules()), run.specs)
+    run.ignored_layers = ignored_layers
+    if run.drop_names:
+        _drop(run, run.drop_names, explicit=True)
+    else:
+        _discover(run)
     run.stage_done("analyze")
+
+
+def _discover(run: PruneRun) -> None:
+    """The prunable groups of the working model (as it is now), its graph and its FLOPs model."""
+    run.dg, run.specs, run.skipped = discover_groups(run.work, run.example, run.ignored_layers)
+    if not run.specs and not run.dropped:
+        raise InputError("this model has no prunable channel groups (all are ignored, frozen or coupled)")
+    per_layer = count_model(run.work, run.example)["per_layer"] if run.dropped else run.before["per_layer"]
+    run.flops_model = FlopsModel(per_layer, dict(run.work.named_modules()), run.specs)
+
+
+def _measure_block_flops(run: PruneRun, names: list[str]) -> None:
+    """The MACs each block's branch costs in the working model (its drop alone removes them)."""
+    now = count_model(run.work, run.example)["flops"]
+    for name in names:
+        if name not in run.block_flops:
+            with temporarily_dropped(run.work, name):
+                run.block_flops[name] = now - count_model(run.work, run.example)["flops"]
+
+
+def _drop(run: PruneRun, names: list[str], explicit: bool) -> None:
+    """Drop residual blocks from the working model, then discover its groups again (kept counts carried over)."""
+    known = {b.name: b for b in removable_blocks(run.work)}
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise InputError(f"'{bad[0]}' is not a removable residual block of this model; removable: "
+                         f"{list(known)[:12]}{' ...' if len(known) > 12 else ''}")
+    _measure_block_flops(run, names)
+    drop_blocks(run.work, names)
+    for n in names:
+        row: dict[str, Any] = {"name": n, "family": known[n].family, "explicit": explicit,
+                               "damage": run.block_damage.get(n), "flops_saved": run.block_flops[n]}
+        if run.profile is not None:
+            row["ms_saved"] = _block_ms_saving(run, n)
+        run.dropped.append(row)
+    old_specs, old_keep = run.specs, run.keep_counts
+    _discover(run)
+    if old_keep:
+        run.keep_counts = _carry_keep(old_specs, old_keep, run.specs)
+    if run.features:
+        run.features = collect_features(run.work, run.specs, run.calib, run.device, run.should_cancel)
+    if run.groups:
+        run.groups = {s.name: to_channel_group(s, run.features) for s in run.specs}
+
+
+def _carry_keep(old_specs: list[GroupSpec], old_keep: dict[str, int], specs: list[GroupSpec]) -> dict[str, int]:
+    """Kept counts for the groups discovered again after a drop (matched by name, else by a shared member)."""
+    by_member = {m: s.name for s in old_specs for m in s.members}
+    out = {}
+    for s in specs:
+        src = s.name if s.name in old_keep else next((by_member[m] for m in s.members if m in by_member), None)
+        out[s.name] = min(old_keep.get(src, s.n_channels) if src else s.n_channels, s.n_channels)
+    return out
 
 
 def _features(run: PruneRun) -> None:
@@ -273,8 +386,7 @@ def _given_damage(run: PruneRun) -> dict[str, dict[int, float]]:
     return damage
 
 
-def _scan_damage(run: PruneRun) -> dict[str, dict[int, float]]:
-    scan_inputs = first_inputs(run.calib, int(run.aopts["n_images"]), run.device)
+def _scan_damage(run: PruneRun, scan_inputs: torch.Tensor) -> dict[str, dict[int, float]]:
     for s in run.specs:
         run.crit.check(run.groups[s.name])
 
@@ -288,16 +400,80 @@ def _scan_damage(run: PruneRun) -> dict[str, dict[int, float]]:
 
 
 def _allocate_by_sensitivity(run: PruneRun) -> None:
-    """Kept counts minimising the summed measured damage under the FLOPs target."""
+    """Kept counts (and, with ``depth``, dropped blocks) minimising the summed measured damage under the
+    FLOPs or latency target."""
     target = run.target_flops_reduction
-    if target is None:
+    if target is None and run.profile is None:
         uniform = uniform_keep(run.specs, float(run.pruning_ratio), run.round_to)  # type: ignore[arg-type]
         target = 1.0 - run.flops_model.flops(uniform) / run.before["flops"]
-    run.sensitivity = _given_damage(run) if run.aopts.get("damage") else _scan_damage(run)
+    scan_inputs = first_inputs(run.calib, int(run.aopts["n_images"]), run.device)
+    run.sensitivity = _given_damage(run) if run.aopts.get("damage") else _scan_damage(run, scan_inputs)
     run.timings["sensitivity_scan"] = round(time.perf_counter() - run.clock, 4)
-    run.keep_counts = sensitivity_keep(run.specs, run.sensitivity, run.flops_model, run.before["flops"], target,
-                                       run.round_to, float(run.aopts["min_keep_frac"]))
     run.chosen_ratio = None if run.pruning_ratio is None else float(run.pruning_ratio)
+    if not run.aopts["depth"] and run.profile is None and not run.dropped:
+        run.keep_counts = sensitivity_keep(run.specs, run.sensitivity, run.flops_model, run.before["flops"],
+                                           target, run.round_to, float(run.aopts["min_keep_frac"]))
+        return
+    blocks = _block_options(run, scan_inputs) if run.aopts["depth"] else []
+    saving, need = _budget(run, target)
+    keep, chosen = budgeted_keep(run.specs, run.sensitivity, saving, need, run.round_to,
+                                 float(run.aopts["min_keep_frac"]), blocks)
+    run.keep_counts = keep
+    if chosen:
+        _drop(run, chosen, explicit=False)
+    if target is not None:
+        run.keep_counts = refine_to_target(run.keep_counts, run.specs, run.flops_model, run.before["flops"],
+                                           target, run.round_to)
+
+
+def _block_ms_saving(run: PruneRun, name: str) -> float:
+    prof = run.profile
+    return prof.dense_ms - prof.blocks[name].ms if prof is not None and name in prof.blocks else 0.0
+
+
+def _block_options(run: PruneRun, scan_inputs: torch.Tensor) -> list[BlockOption]:
+    """Every removable block as a knapsack choice: its drop damage (scanned) and what dropping it saves."""
+    cands = removable_blocks(run.work)
+    names = [b.name for b in cands]
+    run.block_damage = block_damage_scan(
+        run.work, names, scan_inputs, run.should_cancel,
+        progress=lambda done, total: run.count("sensitivity", 0.38, 0.4, "block probes", done, total))
+    _measure_block_flops(run, names)
+    out = []
+    for b in cands:
+        saved = float(run.block_flops[b.name]) if run.profile is None else _block_ms_saving(run, b.name)
+        if saved > 0:
+            out.append(BlockOption(b.name, branch_groups(b, run.specs), run.block_damage[b.name], saved))
+    return out
+
+
+def _budget(run: PruneRun, target: float | None) -> tuple[Callable[[GroupSpec, int], float], float]:
+    """What a group saves at a kept count, and the total to save: FLOPs, or predicted ms with a profile."""
+    prof = run.profile
+    if prof is None:
+        base = run.flops_model.flops({})  # the working model, after any explicit drops
+        need = float(target) * run.before["flops"] - (run.before["flops"] - base)  # type: ignore[arg-type]
+        return (lambda s, k: base - run.flops_model.flops({s.name: k})), need
+    need = prof.dense_ms * (1.0 - 1.0 / float(run.target_speedup)) - sum(
+        _block_ms_saving(run, n) for n in run.dropped_names)
+
+    def ms_saved(s: GroupSpec, k: int) -> float:
+        return prof.groups[s.name].saving(prof.dense_ms, k) if s.name in prof.groups else 0.0
+
+    return ms_saved, need
+
+
+def _predicted_speedup(run: PruneRun, keep: dict[str, int]) -> float:
+    prof = run.profile
+    return prof.predicted_speedup(keep, {n for n in run.dropped_names if n in prof.blocks})  # type: ignore[union-attr]
+
+
+def _allocate_for_latency(run: PruneRun) -> None:
+    """Uniform or global counts: the smallest ratio whose predicted speedup meets the target."""
+    goal = float(run.target_speedup)  # type: ignore[arg-type]
+    run.chosen_ratio, run.keep_counts = min_ratio_meeting(
+        lambda r: _keep_for(run, r), lambda keep: _predicted_speedup(run, keep) >= goal,
+        f"target speedup {goal:g}x")
 
 
 def _allocate_auto(run: PruneRun) -> None:
@@ -313,8 +489,14 @@ def _allocate_auto(run: PruneRun) -> None:
 def _allocation(run: PruneRun) -> None:
     """The kept channel count of every group."""
     run.progress("allocate", 0.3)
+    if run.profile is not None:  # before any drop: the groups the allocation could not price
+        run.missing_groups = [s.name for s in run.specs if s.name not in run.profile.groups]
+        run.missing_blocks = [n for n in run.dropped_names + [b.name for b in removable_blocks(run.work)]
+                              if n not in run.profile.blocks]
     if run.allocation == "sensitivity":
         _allocate_by_sensitivity(run)
+    elif run.profile is not None:
+        _allocate_for_latency(run)
     elif run.pruning_ratio == "auto":
         _allocate_auto(run)
     elif run.pruning_ratio is not None:
@@ -326,6 +508,9 @@ def _allocation(run: PruneRun) -> None:
                                                      run.before["flops"], target)
         run.keep_counts = refine_to_target(keep_counts, run.specs, run.flops_model, run.before["flops"], target,
                                            run.round_to)
+    if run.profile is not None and _predicted_speedup(run, run.keep_counts) < float(run.target_speedup) - 1e-9:
+        raise InputError(f"target speedup {run.target_speedup:g}x is out of reach with this profile (its fixed "
+                         f"time {run.profile.fixed_ms:g} ms of {run.profile.dense_ms:g} ms cannot be removed)")
     run.stage_done("allocate")
 
 
@@ -399,6 +584,10 @@ def _cut(run: PruneRun) -> None:
     run.stage_done("prune")
 
 
+def _out_channels(mod: nn.Module) -> int:
+    return int(mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels)
+
+
 def _least_squares(run: PruneRun) -> None:
     """Re-fit the layers after the cut to reproduce the dense model's outputs."""
     run.progress("lstsq", 0.7)
@@ -406,6 +595,10 @@ def _least_squares(run: PruneRun) -> None:
                 for m, kind, _ in s.effects if kind == "out"}
     lstsq_opts = {k: v for k, v in run.copts.items() if k in LSTSQ_OPTIONS}
     pruned_specs = [s for s in run.specs if s.name in run.selections]
+    anchor = first_layer_after_drops(run.work, run.example) if run.dropped else None
+    if anchor is not None:  # re-fit from the first layer after a dropped block on (a name, not a group)
+        mod = run.work.get_submodule(anchor)
+        pruned_specs.append(GroupSpec(name=anchor, root=mod, n_channels=_out_channels(mod)))
     run.lstsq_info = reconstruct_consumers(
         run.dense, run.work, pruned_specs, run.calib, run.device, should_cancel=run.should_cancel,
         out_keep=out_keep, bn=bool(run.comp.get("bn")) and run.copts.get("bn_inline", True), **lstsq_opts)
@@ -428,6 +621,19 @@ def _compensation(run: PruneRun) -> None:
         _least_squares(run)
     if run.comp.get("bn") and not (run.comp.get("lstsq") and run.copts.get("bn_inline", True)):
         _batchnorm(run)
+    if run.comp.get("block_recon") and run.dense is not None:
+        _block_reconstruction(run)
+
+
+def _block_reconstruction(run: PruneRun) -> None:
+    """Fit every block of the pruned model to the dense block's output on the calibration images."""
+    run.progress("block_recon", 0.9)
+    run.block_recon_info = reconstruct_blocks(
+        run.dense, run.work, block_units(run.work), run.calib, run.device,
+        n_images=int(run.copts["block_recon_images"]), steps=int(run.copts["block_recon_steps"]),
+        lr=float(run.copts["block_recon_lr"]), should_cancel=run.should_cancel,
+        progress=lambda done, total: run.count("block_recon", 0.9, 0.98, "blocks reconstructed", done, total))
+    run.stage_done("block_recon")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -456,6 +662,7 @@ def _report(run: PruneRun) -> dict[str, Any]:
         "compensation": run.comp,
         "compensation_options": run.copts,
         "lstsq": run.lstsq_info,
+        "block_recon": run.block_recon_info,
         "flops_before": before["flops"],
         "flops_after": after["flops"],
         "params_before": before["params"],
@@ -465,8 +672,39 @@ def _report(run: PruneRun) -> dict[str, Any]:
         "per_layer": per_layer_rows(before, after),
         "skipped_groups": run.skipped,
         "selection_info": {k: v.info for k, v in run.selections.items() if v.info},
-        "plan": {"layers": run.plan_layers},
+        "plan": {"layers": run.plan_layers, **({"dropped_blocks": run.dropped_names} if run.dropped else {})},
         "timings": run.timings,
+        "dropped_blocks": run.dropped,
+        **_depth_report(run),
+        **_latency_report(run),
+    }
+
+
+def _depth_report(run: PruneRun) -> dict[str, Any]:
+    """The scanned drop damage of every removable block, when depth was searched."""
+    return {"block_sensitivity": dict(run.block_damage)} if run.aopts.get("depth") else {}
+
+
+def _latency_report(run: PruneRun) -> dict[str, Any]:
+    """``predicted_speedup`` and ``latency_target`` (what the profile predicts and what it lacked)."""
+    prof = run.profile
+    if prof is None:
+        return {}
+    keep = {s.name: run.keep_counts.get(s.name, s.n_channels) for s in run.specs}
+    dropped = {n for n in run.dropped_names if n in prof.blocks}
+    return {
+        "predicted_speedup": prof.predicted_speedup(keep, dropped),
+        "latency_target": {
+            "target_speedup": run.target_speedup,
+            "dense_ms": prof.dense_ms,
+            "predicted_ms": prof.predict_ms(keep, dropped),
+            "profile": {"arch": prof.arch, "device_type": prof.environment.device_type,
+                        "device_name": prof.environment.device_name, "batch_size": prof.batch_size,
+                        "input_size": list(prof.input_size), "round_to": prof.round_to},
+            "groups_missing_from_profile": run.missing_groups,
+            "blocks_missing_from_profile": run.missing_blocks,
+            "note": "groups and blocks missing from the profile are counted as saving no time",
+        },
     }
 
 
@@ -490,6 +728,9 @@ def prune(
     inplace: bool = False,
     allocation_options: dict[str, Any] | None = None,
     detail: DetailFn | None = None,
+    drop_blocks: list[str] | None = None,
+    target_speedup: float | None = None,
+    latency_profile: DeviceProfile | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune ``model`` structurally and return ``(pruned_model, report)``.
 
@@ -510,6 +751,18 @@ def prune(
     :data:`~simprune.pruning.allocation.SENSITIVITY_DEFAULTS`). A ``pruning_ratio`` with ``"sensitivity"``
     targets the FLOPs reduction that ratio gives uniformly.
 
+    Depth: ``drop_blocks`` names residual blocks to drop whole (see
+    :func:`~simprune.pruning.blocks.removable_blocks`) before the groups are allocated, with any allocation;
+    ``allocation_options={"depth": True}`` with ``"sensitivity"`` scans each removable block's drop damage
+    (KL on the calibration logits, dropped alone) and lets the budgeted search choose between dropping blocks
+    and narrowing groups. Dropped blocks are removed before selection and compensation (least squares re-fits
+    from the first layer after a dropped block on); the report lists them in ``dropped_blocks`` and the plan
+    records them. Latency: ``target_speedup`` with ``latency_profile`` (a
+    :class:`~simprune.profiles.DeviceProfile`, both or neither, instead of a FLOPs target or ratio) meets
+    ``profile.predicted_speedup(keep, dropped) >= target_speedup``; channel counts are rounded to the
+    profile's ``round_to`` unless ``round_to`` is given; the report gains ``predicted_speedup`` and
+    ``latency_target``.
+
     ``progress(stage, fraction)`` follows the run; ``detail(stage, info)`` adds counts where a stage has them
     (groups scored, sensitivity probes, groups selected or pruned sequentially).
     """
@@ -517,7 +770,8 @@ def prune(
                    calib=calib, allocation=allocation, round_to=round_to, method_options=method_options,
                    compensation=compensation, compensation_options=compensation_options, device=device,
                    progress=progress, should_cancel=should_cancel, allocation_options=allocation_options,
-                   t0=time.perf_counter())
+                   t0=time.perf_counter(), drop_blocks=drop_blocks, target_speedup=target_speedup,
+                   latency_profile=latency_profile)
     run.detail = detail
     _groups(run, model, example_inputs, inplace, ignored_layers)
     _features(run)

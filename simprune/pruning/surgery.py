@@ -9,6 +9,7 @@ import torch_pruning as tp
 from torch import nn
 
 from simprune.errors import InputError
+from simprune.pruning.blocks import drop_blocks
 from simprune.pruning.groups import build_graph
 
 
@@ -29,8 +30,12 @@ def remove_channels(dg: tp.DependencyGraph, module: nn.Module, keep: list[int]) 
     group.prune()
 
 
-def apply_plan(model: nn.Module, example: torch.Tensor, layers: list[dict[str, Any]]) -> nn.Module:
-    """Prune ``model`` in place exactly as ``layers`` (``plan["layers"]``) records, in the recorded order."""
+def apply_plan(model: nn.Module, example: torch.Tensor, layers: list[dict[str, Any]],
+               dropped_blocks: list[str] | None = None) -> nn.Module:
+    """Prune ``model`` in place exactly as a plan records: first drop the residual blocks ``dropped_blocks``
+    (``plan["dropped_blocks"]``), then cut the channels of ``layers`` (``plan["layers"]``) in the recorded order."""
+    if dropped_blocks:
+        drop_blocks(model, dropped_blocks)
     modules = dict(model.named_modules())
     dg = build_graph(model, example)
     for entry in layers:

@@ -49,6 +49,8 @@ def test_health_ready_and_catalogue(api: TestClient) -> None:
     methods = api.get("/v1/methods").json()["items"]
     assert {"l1", "qsfm"} <= {m["name"] for m in methods}
     assert all({"name", "summary", "needs_data", "options"} <= set(m) for m in methods)
+    presets = {p["name"]: p for p in api.get("/v1/methods").json()["presets"]}
+    assert set(presets) == {"fast", "balanced", "best", "data_free"} and presets["best"]["compensation"]["block_recon"]
     archs = {a["name"]: a for a in api.get("/v1/architectures").json()["items"]}
     assert archs["cifar_resnet20"]["input_size"] == [3, 32, 32]
     assert "/v1/jobs/{job_id}/events" in api.get("/openapi.json").json()["paths"]

@@ -1,7 +1,7 @@
 """The Alembic migrations build exactly the schema the ORM models declare, on SQLite and PostgreSQL; the scripts
 live in the repository's top-level ``alembic/`` folder (no ``__init__.py``: it must not shadow the library);
 0004's data migration (``jobs.method`` dropped, ``jobs.train_dataset_id`` backfilled) and its downgrade;
-0005 (job deletion and retention columns) up and down."""
+0005 (job deletion and retention columns) and 0008 (device profiles) up and down."""
 
 from __future__ import annotations
 
@@ -161,3 +161,37 @@ def test_0005_adds_deletion_and_retention_columns(backend: str, tmp_path: Path,
         assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar() == 1
     engine.dispose()
     assert not {"deleted_at", "artifacts_expired_at"} & cols
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_0008_adds_device_profiles_and_downgrades(backend: str, tmp_path: Path,
+                                                  request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("empty_pg_url")
+    upgrade_database(url, "0007_model_dry_run")
+    _execute(url, "INSERT INTO tenants (id, name, created_at) VALUES ('t1', 't', :now)", [{"now": NOW}])
+    _execute(url, "INSERT INTO jobs (id, tenant_id, spec, status, progress, cancel_requested, attempts, created_at) "
+                  "VALUES ('job_a', 't1', :spec, 'succeeded', 1, false, 1, :now)",
+             [{"spec": json.dumps({"method": "l1"}), "now": NOW}])
+    upgrade_database(url)
+    assert _diff(url) == []
+    _execute(url, "INSERT INTO device_profiles (id, tenant_id, name, arch, input_size, batch_size, device_type, "
+                  "device_name, filename, sha256, size, storage_key, created_at) VALUES ('prf_a', 't1', 'p', "
+                  "'cifar_resnet20', '[3, 32, 32]', 1, 'cpu', 'x', 'p.json', 'h', 10, 'k', :now)", [{"now": NOW}])
+    _execute(url, "UPDATE jobs SET device_profile_id = 'prf_a'", [{}])
+    engine = create_engine(url)
+    with engine.begin() as conn:  # an ended job keeps its row when its profile is deleted, without the profile
+        if backend == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")  # as the service's engine does
+        conn.execute(sa.text("DELETE FROM device_profiles"))
+        assert conn.execute(sa.text("SELECT device_profile_id FROM jobs")).one() == (None,)
+    engine.dispose()
+    command.downgrade(alembic_config(url), "0007_model_dry_run")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        cols = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+        tables = set(sa.inspect(conn).get_table_names())
+        assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar() == 1
+    engine.dispose()
+    assert "device_profile_id" not in cols and "device_profiles" not in tables
+    upgrade_database(url)  # and up again
+    assert _diff(url) == []

@@ -30,7 +30,7 @@ from app.api.routes.models import get_owned_model
 from app.core.celery import enqueue_job
 from app.core.config import Settings
 from app.core.db import session_factory
-from app.models import TERMINAL_STATUSES, Artifact, Job, Model, new_id, utcnow
+from app.models import TERMINAL_STATUSES, Artifact, DeviceProfile, Job, Model, new_id, utcnow
 from app.schemas import ArtifactOut, JobCreate, JobOut, JobStatus, Page
 from app.services.resources import check_quota, create_model, get_inspector
 from app.services.sweeper import remove_artifacts
@@ -56,6 +56,9 @@ SUBMIT_BODY = {
                         "target_flops_reduction": 0.5, "calibration_dataset_id": "dst_5b4a69788796a5b40d1f2e3c"}},
                     "ratio": {"summary": "Remove 30% of the filters by L1 norm", "value": {
                         "model_id": "mdl_0d1f2e3c4b5a69788796a5b4", "method": "l1", "pruning_ratio": 0.3}},
+                    "speedup": {"summary": "Twice as fast on the device of an uploaded profile", "value": {
+                        "model_id": "mdl_0d1f2e3c4b5a69788796a5b4", "method": "l1", "target_speedup": 2.0,
+                        "device_profile_id": "prf_3c4b5a69788796a5b40d1f2e"}},
                 },
             },
             "multipart/form-data": {"schema": {
@@ -71,6 +74,9 @@ SUBMIT_BODY = {
                     "method": {"type": "string", "example": "l1"},
                     "target_flops_reduction": {"type": "number", "example": 0.5},
                     "pruning_ratio": {"type": "string", "example": "0.3"},
+                    "target_speedup": {"type": "number", "example": 2.0},
+                    "device_profile_id": {"type": "string"},
+                    "latency_profile": {"type": "string", "enum": ["worker"]},
                     "calibration_dataset_id": {"type": "string"},
                     "eval_dataset_id": {"type": "string"},
                     "train_dataset_id": {"type": "string"},
@@ -95,7 +101,8 @@ def job_out(request: Request, job: Job) -> JobOut:
         id=job.id, status=job.status, stage=job.stage, progress=job.progress, model_id=job.model_id,  # type: ignore[arg-type]
         progress_detail=job.progress_detail,
         calibration_dataset_id=job.calibration_dataset_id, eval_dataset_id=job.eval_dataset_id,
-        train_dataset_id=job.train_dataset_id, method=str(job.spec.get("method", "")), spec=job.spec,
+        train_dataset_id=job.train_dataset_id, device_profile_id=job.device_profile_id,
+        method=str(job.spec.get("method", "")), spec=job.spec,
         error=job.error, result=job.result,
         artifacts=[artifact_out(request, job.id, a) for a in job.artifacts], attempts=job.attempts,
         cancel_requested=job.cancel_requested, created_at=job.created_at, started_at=job.started_at,
@@ -127,23 +134,50 @@ def _existing_for_key(session: Session, tenant_id: str, key: str | None) -> Job 
 _DATA_FIELDS = {"calibration": "calibration_dataset_id", "training": "train_dataset_id"}
 
 
+@dataclass(frozen=True)
+class _ProfileRef:
+    """What job validation needs of a device profile."""
+
+    id: str
+    arch: str
+    input_size: list[int]
+
+
 @dataclass
 class _Resolved:
-    """A validated request: the stored spec and the datasets it runs on."""
+    """A validated request: the stored spec, the datasets it runs on and its device profile."""
 
     spec: dict[str, Any]
     calibration_dataset_id: str | None
     eval_dataset_id: str | None
     train_dataset_id: str | None
+    profile: _ProfileRef | None = None
+
+    @property
+    def device_profile_id(self) -> str | None:
+        """The id of the job's uploaded device profile."""
+        return self.profile.id if self.profile is not None else None
 
     def same_as(self, job: Job) -> bool:
         """Whether ``job`` was created from the same job fields (for Idempotency-Key replays)."""
         return (job.spec == self.spec and job.calibration_dataset_id == self.calibration_dataset_id
-                and job.eval_dataset_id == self.eval_dataset_id and job.train_dataset_id == self.train_dataset_id)
+                and job.eval_dataset_id == self.eval_dataset_id and job.train_dataset_id == self.train_dataset_id
+                and job.device_profile_id == self.device_profile_id)
+
+    def check_model(self, model: Model) -> None:
+        """422 naming ``device_profile_id`` unless the profile was measured for ``model``'s architecture and
+        input size (its latency table describes no other network)."""
+        prf = self.profile
+        if prf is not None and (prf.arch != model.arch or list(prf.input_size) != list(model.input_size)):
+            raise _field_problem([("device_profile_id", (
+                f"device profile '{prf.id}' was measured for {prf.arch} at input size {list(prf.input_size)}, "
+                f"but the model is {model.arch} at input size {list(model.input_size)}; measure one with "
+                f"`simprune profile --arch {model.arch}` or use latency_profile 'worker'"))])
 
 
 def _resolve(session: Session, tenant_id: str, req: JobCreate) -> _Resolved:
-    """Check the datasets exist for the tenant and meet the spec's data requirements (422 naming the field)."""
+    """Check the datasets and the device profile exist for the tenant, the datasets meet the spec's data
+    requirements and a latency target has a profile (422 naming the field)."""
     spec = req.spec()
     for name in ("calibration_dataset_id", "eval_dataset_id", "train_dataset_id"):
         if getattr(req, name):
@@ -154,8 +188,28 @@ def _resolve(session: Session, tenant_id: str, req: JobCreate) -> _Resolved:
     errors = spec.data_errors(req.calibration_dataset_id is not None, train_id is not None)
     if errors:
         raise _field_problem([(_DATA_FIELDS.get(name, name), msg) for name, msg in errors])
+    profile = _latency_profile(session, tenant_id, req)
     stored = {**spec.model_dump(mode="json"), "time_limit_s": req.time_limit_s}
-    return _Resolved(stored, req.calibration_dataset_id, req.eval_dataset_id, train_id)
+    return _Resolved(stored, req.calibration_dataset_id, req.eval_dataset_id, train_id, profile)
+
+
+def _latency_profile(session: Session, tenant_id: str, req: JobCreate) -> _ProfileRef | None:
+    """The tenant's device profile the job names (None without one); 422 naming the field when it does not
+    exist or the latency fields do not fit together (a latency target needs exactly one profile)."""
+    worker = req.latency_profile == "worker"
+    if req.device_profile_id and worker:
+        raise _field_problem([("device_profile_id", "give either device_profile_id or latency_profile 'worker', "
+                                                    "not both")])
+    if req.target_speedup is not None and not (req.device_profile_id or worker):
+        raise _field_problem([("target_speedup", "a latency target needs a device profile: give "
+                                                 "device_profile_id (POST /v1/device-profiles) or latency_profile "
+                                                 "'worker' (measured on the worker)")])
+    if not req.device_profile_id:
+        return None
+    row = session.get(DeviceProfile, req.device_profile_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise _field_problem([("device_profile_id", f"device profile '{req.device_profile_id}' not found")])
+    return _ProfileRef(row.id, row.arch, list(row.input_size))
 
 
 def _field_problem(errors: list[tuple[str, str]]) -> Problem:
@@ -171,7 +225,7 @@ def _create_job(
     job = Job(
         id=new_id("job"), tenant_id=tenant_id, model_id=model_id,
         calibration_dataset_id=job_in.calibration_dataset_id, eval_dataset_id=job_in.eval_dataset_id,
-        train_dataset_id=job_in.train_dataset_id, spec=job_in.spec,
+        train_dataset_id=job_in.train_dataset_id, device_profile_id=job_in.device_profile_id, spec=job_in.spec,
         status="queued", progress=0.0, idempotency_key=idempotency_key, cancel_requested=False, attempts=0,
         enqueued_at=utcnow(),
     )
@@ -182,7 +236,8 @@ def _create_job(
         session.rollback()
         existing = _existing_for_key(session, tenant_id, idempotency_key)
         if existing is None:  # a referenced model or dataset was deleted after it was checked
-            raise Problem(409, "the job's model or a dataset was deleted while the job was being created",
+            raise Problem(409, "the job's model, a dataset or its device profile was deleted while the job was being "
+                               "created",
                           "conflict") from None
         return _accepted(request, existing, 200)
     try:
@@ -220,7 +275,7 @@ def _request_from_form(fields: dict[str, str], limits: JsonLimits) -> JobCreate:
         if name in fields and name != "model_id" and fields[name].strip() != "":
             raw = fields[name].strip()
             data[name] = loads_limited(raw, limits, name) if name in JSON_FIELDS else raw
-    for name in ("pruning_ratio", "target_flops_reduction", "time_limit_s"):
+    for name in ("pruning_ratio", "target_flops_reduction", "target_speedup", "time_limit_s"):
         if data.get(name) not in (None, "auto"):
             data[name] = finite_float(data[name], name)
     try:
@@ -281,16 +336,30 @@ async def _submit_multipart(request: Request, session: Session, settings: Settin
         await in_thread(session, check_quota, session, settings, tenant_id, 0, 409)
         model = await create_model(form, tenant_id, session, settings, storage, request.app.state.metrics,
                                    get_inspector(settings, request.app.state))
+        try:
+            job_in.check_model(model)
+        except Problem:  # refused: the checkpoint uploaded for this job is not kept
+            await in_thread(session, _discard_model, session, storage, model)
+            raise
     finally:
         form.cleanup()
     return await in_thread(session, _create_job, request, session, settings, tenant_id, model.id, job_in,
                            idempotency_key)
 
 
+def _discard_model(session: Session, storage: Storage, model: Model) -> None:
+    """Delete a model created for a job that was then refused (row and file)."""
+    key = model.storage_key
+    session.delete(session.merge(model))
+    session.commit()
+    storage.delete(key)
+
+
 def _submit_json(request: Request, session: Session, settings: Settings, tenant_id: str, req: JobCreate,
                  idempotency_key: str | None) -> JSONResponse:
-    get_owned_model(session, tenant_id, req.model_id)
+    model = get_owned_model(session, tenant_id, req.model_id)
     job_in = _resolve(session, tenant_id, req)
+    job_in.check_model(model)
     existing = _existing_for_key(session, tenant_id, idempotency_key)
     if existing is not None:
         if existing.model_id != req.model_id:

@@ -19,8 +19,11 @@ router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(rate_
                 {"name": "l1", "summary": "L1 norm of each filter", "needs_data": False, "options": []}]}}}}})
 async def list_methods(_tenant: TenantDep) -> dict[str, Any]:
     """Every method a job can name (the registry): options with types, defaults, bounds and help, whether it
-    needs calibration data and whether it trains the network."""
-    return {"items": list(await run_in_threadpool(catalog.list_methods))}
+    needs calibration data and whether it trains the network; and the presets a job can name (``preset``),
+    with the switches each sets (``default``: what a job that names none runs, with and without data)."""
+    from simprune.presets import presets_catalogue
+
+    return {"items": list(await run_in_threadpool(catalog.list_methods)), "presets": presets_catalogue()}
 
 
 @router.get("/architectures", summary="Supported architectures",

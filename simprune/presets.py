@@ -1,0 +1,105 @@
+"""Named pipelines over the pruning switches: ``fast``, ``balanced``, ``best`` (and the data-free path).
+
+A job that names only a method and a target gets ``best`` when it has calibration data and ``data_free``
+when it has none. A preset only fills in what the job leaves unset: an explicit ``allocation``,
+``compensation`` switch or allocation option always wins, so a job can ask for less (or more) than its
+preset. Methods whose criterion cannot run sequentially or with a sensitivity scan fall back to what they
+support (see :func:`resolve_preset`). Measured accuracy and time of each preset: BENCHMARKS.md, section
+"Presets".
+
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PresetName = Literal["fast", "balanced", "best", "data_free"]
+PRESET_NAMES: tuple[str, ...] = ("fast", "balanced", "best", "data_free")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named pipeline: how the reduction is spread and which compensation stages run."""
+
+    name: str
+    summary: str
+    allocation: str
+    compensation: dict[str, bool]
+    allocation_options: dict[str, Any] = field(default_factory=dict)
+    needs_calibration: bool = True
+
+
+PRESETS: dict[str, Preset] = {
+    "fast": Preset(
+        "fast", "uniform widths, one-shot selection, fold + least squares + BatchNorm re-estimation",
+        "uniform", {"fold": True, "lstsq": True, "bn": True, "sequential": False, "block_recon": False}),
+    "balanced": Preset(
+        "balanced", "widths by measured sensitivity, one-shot selection, least squares, block reconstruction",
+        "sensitivity", {"fold": True, "lstsq": True, "bn": True, "sequential": False, "block_recon": True}),
+    "best": Preset(
+        "best", "widths and residual blocks by measured sensitivity, sequential selection with re-fits, least "
+                "squares, block reconstruction",
+        "sensitivity", {"fold": True, "lstsq": True, "bn": True, "sequential": True, "block_recon": True},
+        {"depth": True}),
+    "data_free": Preset(
+        "data_free", "no calibration data: uniform widths, the criterion's choice, no compensation",
+        "uniform", {"fold": False, "lstsq": False, "bn": False, "sequential": False, "block_recon": False},
+        needs_calibration=False),
+}
+
+
+def default_preset(has_calibration: bool) -> str:
+    """The preset of a job that names none: ``best`` with calibration data, ``data_free`` without. An operator
+    can lower the default with ``SIMPRUNE_DEFAULT_PRESET`` (``fast`` or ``balanced``; it applies only to jobs
+    with calibration data)."""
+    import os
+
+    if not has_calibration:
+        return "data_free"
+    chosen = os.environ.get("SIMPRUNE_DEFAULT_PRESET", "").strip().lower()
+    return chosen if chosen in ("fast", "balanced", "best") else "best"
+
+
+def resolve_preset(
+    preset: str | None,
+    *,
+    has_calibration: bool,
+    allocation: str | None = None,
+    compensation: dict[str, bool] | None = None,
+    allocation_options: dict[str, Any] | None = None,
+    method_sequential: bool = True,
+) -> dict[str, Any]:
+    """The settings a job runs with: ``{"preset", "allocation", "compensation", "allocation_options"}``.
+
+    ``preset`` None picks :func:`default_preset`. Explicit ``allocation``,
+    ``compensation`` switches and ``allocation_options`` override the preset's. A preset that needs data on a
+    job without any falls back to ``data_free`` (the caller's data checks still refuse methods that need
+    data). ``method_sequential`` False (a criterion that cannot score a partly pruned model) turns the
+    preset's sequential selection off unless the job asked for it.
+    """
+    name = preset or default_preset(has_calibration)
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    chosen = PRESETS[name]
+    if chosen.needs_calibration and not has_calibration:
+        chosen = PRESETS["data_free"]
+    comp = dict(chosen.compensation)
+    if not method_sequential:
+        comp["sequential"] = False
+    comp.update(compensation or {})
+    aopts = dict(chosen.allocation_options) | dict(allocation_options or {})
+    alloc = allocation or chosen.allocation
+    if alloc != "sensitivity" and "depth" not in (allocation_options or {}):
+        aopts.pop("depth", None)  # the depth search is part of the sensitivity allocation
+    return {"preset": chosen.name, "allocation": alloc, "compensation": comp, "allocation_options": aopts}
+
+
+def presets_catalogue() -> list[dict[str, Any]]:
+    """Every preset as plain data (``GET /v1/methods`` lists them): name, summary, allocation, compensation
+    switches, allocation options, whether it needs calibration data and whether it is the default."""
+    default = default_preset(True)
+    return [{"name": p.name, "summary": p.summary, "allocation": p.allocation, "compensation": dict(p.compensation),
+             "allocation_options": dict(p.allocation_options), "needs_calibration": p.needs_calibration,
+             "default": p.name == default or (p.name == "data_free")} for p in PRESETS.values()]

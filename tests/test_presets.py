@@ -1,0 +1,97 @@
+"""Presets: what each selects, the default with and without data, explicit switches winning, and jobs that
+run them end to end (report names the preset; best drops blocks where it pays and reconstructs blocks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from simprune.jobspec import JobSpec
+from simprune.pipeline import PruneJob, run_prune_job
+from simprune.presets import PRESETS, default_preset, presets_catalogue, resolve_preset
+from simprune.zoo import build_model
+
+HW = 16
+
+
+def test_default_is_best_with_data_and_data_free_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SIMPRUNE_DEFAULT_PRESET", raising=False)
+    best = resolve_preset(None, has_calibration=True)
+    assert best["preset"] == "best" and best["allocation"] == "sensitivity"
+    assert best["compensation"]["sequential"] and best["compensation"]["block_recon"]
+    assert best["allocation_options"] == {"depth": True}
+    free = resolve_preset(None, has_calibration=False)
+    assert free["preset"] == "data_free" and not any(free["compensation"].values())
+    assert resolve_preset("best", has_calibration=False)["preset"] == "data_free"  # nothing to calibrate on
+    monkeypatch.setenv("SIMPRUNE_DEFAULT_PRESET", "balanced")
+    assert default_preset(True) == "balanced" and default_preset(False) == "data_free"
+    monkeypatch.setenv("SIMPRUNE_DEFAULT_PRESET", "nonsense")
+    assert default_preset(True) == "best"
+
+
+def test_each_preset_selects_what_it_says() -> None:
+    fast, balanced = resolve_preset("fast", has_calibration=True), resolve_preset("balanced", has_calibration=True)
+    assert fast["allocation"] == "uniform" and not fast["compensation"]["sequential"]
+    assert not fast["compensation"]["block_recon"] and fast["compensation"]["lstsq"]
+    assert balanced["allocation"] == "sensitivity" and balanced["compensation"]["block_recon"]
+    assert not balanced["compensation"]["sequential"] and "depth" not in balanced["allocation_options"]
+    names = [p["name"] for p in presets_catalogue()]
+    assert names == list(PRESETS) and all(p["summary"] for p in presets_catalogue())
+
+
+def test_explicit_switches_win_over_the_preset() -> None:
+    r = resolve_preset("best", has_calibration=True, allocation="uniform", compensation={"block_recon": False})
+    assert r["allocation"] == "uniform" and "depth" not in r["allocation_options"]
+    assert r["compensation"]["sequential"] and not r["compensation"]["block_recon"]
+    spec = JobSpec(method="l1", pruning_ratio="auto", preset="best")
+    assert spec.settings(has_calibration=True)["allocation"] == "uniform"  # the method's own counts
+    spec = JobSpec(method="qsfm", target_flops_reduction=0.5, depth=False)
+    assert spec.settings(has_calibration=True)["allocation_options"] == {"depth": False}
+    with pytest.raises(ValueError, match="depth needs allocation 'sensitivity'"):
+        JobSpec(method="l1", target_flops_reduction=0.5, preset="fast", depth=True)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("presets")
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20")
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 1.5)
+    weights = root / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    rng = np.random.default_rng(0)
+    calib = root / "calib.npz"
+    np.savez(calib, x=rng.integers(0, 255, (48, HW, HW, 3)).astype(np.uint8), y=rng.integers(0, 4, 48))
+    return {"weights": weights, "calib": calib}
+
+
+def _run(files: dict[str, Path], tmp: Path, **kw: Any) -> dict[str, Any]:
+    job = PruneJob.build(arch="cifar_resnet20", weights=files["weights"], input_size=(3, HW, HW),
+                         calib=files["calib"], calib_samples=48, batch_size=16, device="cpu",
+                         exports=("safetensors",), measure_latency=False, target_flops_reduction=0.4, **kw)
+    return run_prune_job(job, tmp)
+
+
+def test_best_job_runs_every_stage_and_says_so(files: dict[str, Path], tmp_path: Path,
+                                                one_thread_module: None) -> None:
+    report = _run(files, tmp_path, method="l1", preset="best")
+    assert report["preset"] == "best" and report["allocation"] == "sensitivity"
+    assert report["compensation_options"]["sequential"] is True
+    assert report["block_recon"]["units"] and report["block_recon"]["mean_error_after"] <= \
+        report["block_recon"]["mean_error_before"]
+    assert report["block_sensitivity"]  # the depth search weighed every removable block
+    assert abs(report["flops_reduction"] - 0.4) < 0.02
+    assert next(e for e in report["exports"] if e["format"] == "plan")["verified"]
+
+
+def test_fast_job_skips_the_slow_stages(files: dict[str, Path], tmp_path: Path, one_thread_module: None) -> None:
+    report = _run(files, tmp_path, method="l1", preset="fast")
+    assert report["preset"] == "fast" and report["allocation"] == "uniform"
+    assert report["block_recon"] == {} and report["compensation_options"]["sequential"] is False
