@@ -4,11 +4,14 @@ random weights, saved as a checkpoint, pruned to 30% FLOPs with ``l1`` through :
 
 A model "works" when the job succeeds (every export verified against the in-memory pruned model; the plan
 rebuilt through the architecture's name) and the FLOPs reduction is within ``--tolerance`` of the target.
+With ``--hw`` a model runs at that size unless it cannot (a ViT's fixed patch grid, inception's minimum size):
+then it runs at the input size of the library's own pretrained configuration (the row's ``input``).
 
 Usage::
 
     python bench/zoo_sweep.py --hw 64 --out sweep.json                 # everything (hours on a small CPU)
     python bench/zoo_sweep.py --only 'torchvision/resnet*' --exports onnx safetensors
+    python bench/zoo_sweep.py --hw 64 --out sweep.json --resume --rerun 'timm/dla34'   # only what is missing
 """
 
 from __future__ import annotations
@@ -48,6 +51,21 @@ def architectures(only: list[str] | None) -> list[str]:
     return names
 
 
+def input_size_for(model: Any, native: tuple[int, ...], hw: int | None) -> tuple[int, ...]:
+    """``(C, hw, hw)`` when the model runs at that size, else the library's native input size."""
+    import torch
+
+    if not hw or tuple(native[1:]) == (hw, hw):
+        return tuple(native)
+    size = (native[0], hw, hw)
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *size))
+    except (RuntimeError, ValueError, AssertionError, IndexError):
+        return tuple(native)
+    return size
+
+
 def sweep_one(arch: str, hw: int | None, exports: tuple[str, ...], target: float, tolerance: float) -> dict[str, Any]:
     """Prune ``arch`` once; ``{arch, result, seconds, flops_reduction}``."""
     import torch
@@ -60,9 +78,10 @@ def sweep_one(arch: str, hw: int | None, exports: tuple[str, ...], target: float
     row: dict[str, Any] = {"arch": arch, "result": "works", "flops_reduction": None}
     try:
         info = get_arch(arch)
-        size = (info.input_size[0], hw, hw) if hw else tuple(info.input_size)
         torch.manual_seed(0)
         model = info.builder(num_classes=10)
+        size = input_size_for(model, tuple(info.input_size), hw)
+        row["input"] = "x".join(map(str, size[1:]))
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "w.safetensors"
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
@@ -100,8 +119,13 @@ def sweep_isolated(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
-        return {"arch": arch, "result": f"process died (exit {done.returncode}): {tail}", "flops_reduction": None,
-                "seconds": round(time.perf_counter() - t0, 1)}
+        why = f"process died (exit {done.returncode}): {tail}"
+        if "MemoryError" in tail:
+            why = f"exceeds the {args.memory_gb:g} GB address-space cap (MemoryError)"
+        elif done.returncode < 0:  # a native allocation refused under the cap ends in SIGSEGV/SIGABRT
+            why = (f"process killed by signal {-done.returncode} (most likely the {args.memory_gb:g} GB "
+                   "address-space cap)")
+        return {"arch": arch, "result": why, "flops_reduction": None, "seconds": round(time.perf_counter() - t0, 1)}
     return json.loads(lines[-1])
 
 
@@ -113,10 +137,11 @@ def _limit_memory(max_bytes: int) -> None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as a markdown table."""
-    lines = ["| architecture | result | FLOPs -% | seconds |", "|---|---|---|---|"]
+    lines = ["| architecture | input | result | FLOPs -% | seconds |", "|---|---|---|---|---|"]
     for r in rows:
         red = "" if r["flops_reduction"] is None else f"{100 * r['flops_reduction']:.1f}"
-        lines.append(f"| {r['arch']} | {r['result'].replace('|', '/')} | {red} | {r['seconds']} |")
+        lines.append(f"| {r['arch']} | {r.get('input', '')} | {r['result'].replace('|', '/')} | {red} | "
+                     f"{r['seconds']} |")
     works = sum(r["result"] == "works" for r in rows)
     lines.append(f"\n{works}/{len(rows)} work.")
     return "\n".join(lines)
@@ -133,6 +158,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     p.add_argument("--timeout", type=float, default=600, help="seconds per architecture (each runs in a child)")
     p.add_argument("--memory-gb", type=float, default=10, help="address-space cap of each child")
+    p.add_argument("--resume", action="store_true", help="keep the rows already in --out; run only the others")
+    p.add_argument("--rerun", nargs="*", default=[], help="with --resume: glob patterns of rows to run again")
+    p.add_argument("--order", nargs="*", default=[], help="glob patterns run first (the rest in catalogue order)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -143,14 +171,23 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         print(json.dumps(sweep_one(args.one, args.hw, tuple(args.exports), args.target, args.tolerance)))
         return
-    rows = []
-    for arch in architectures(args.only):
+    names = architectures(args.only)
+    done: dict[str, dict[str, Any]] = {}
+    if args.resume and args.out and args.out.is_file():
+        done = {r["arch"]: r for r in json.loads(args.out.read_text())
+                if not any(fnmatch.fnmatch(r["arch"], pat) for pat in args.rerun)}
+    first = [n for pat in args.order for n in names if fnmatch.fnmatch(n, pat)]
+    first = list(dict.fromkeys(first))  # in the order of the patterns
+    for arch in first + [n for n in names if n not in first]:
+        if arch in done:
+            continue
         row = sweep_isolated(arch, args)
         print(json.dumps(row), flush=True)
-        rows.append(row)
-        if args.out:
-            args.out.write_text(json.dumps(rows, indent=1))
-    print(table(rows))
+        done[arch] = row
+        if args.out:  # every row kept, also those outside --only
+            args.out.write_text(json.dumps([done[n] for n in names if n in done]
+                                           + [r for n, r in done.items() if n not in names], indent=1))
+    print(table([done[n] for n in names if n in done]))
 
 
 if __name__ == "__main__":

@@ -302,6 +302,47 @@ def _shape(proto: onnx.ModelProto, name: str) -> tuple[int, ...]:
     return tuple(d or DEFAULT_SPATIAL for d in dims[1:])
 
 
+def _channel_constants_as_parameters(module: nn.Module) -> int:
+    """Turn per-channel constant initializers (shape ``(1, C, 1, 1)``, ``(C, 1, 1)``, ``(1, C, 1)``: a ConvNeXt
+    layer scale, a folded affine) into parameters, so that Torch-Pruning's dependency graph sees them and prunes
+    them with their channels; as buffers they keep their full width and the pruned model breaks. Returns how many."""
+    holder = getattr(module, "initializers", None)
+    if not isinstance(holder, nn.Module):
+        return 0
+    count = 0
+    for key, buf in list(holder.named_buffers(recurse=False)):
+        dims = [i for i, d in enumerate(buf.shape) if d > 1]
+        if not buf.is_floating_point() or len(dims) != 1 or dims[0] == buf.ndim - 1:
+            continue
+        delattr(holder, key)
+        holder.register_parameter(key, nn.Parameter(buf.detach().clone()))
+        count += 1
+    return count
+
+
+def _fold_constant_modules(module: nn.Module) -> int:
+    """Read ``Constant`` nodes' values as attributes instead of calling a module that returns them: a leaf module
+    with a 0-dim output (a Pad value) is not a layer, and per-layer hooks (feature capture, compensation) assume
+    layer outputs have a batch dimension. Returns how many were folded."""
+    from onnx2torch.node_converters.constant import OnnxConstant
+
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return 0
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not isinstance(module.get_submodule(node.target), OnnxConstant):
+            continue
+        with graph.inserting_before(node):
+            value = graph.get_attr(f"{node.target}.value")
+        node.replace_all_uses_with(value)
+        graph.erase_node(node)
+        folded += 1
+    if folded:
+        module.recompile()
+    return folded
+
+
 def _convert(proto: onnx.ModelProto, name: str) -> nn.Module:
     from onnx2torch import convert
 
@@ -312,6 +353,8 @@ def _convert(proto: onnx.ModelProto, name: str) -> nn.Module:
         module = convert(proto)
     except (NotImplementedError, KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise InputError(f"{name} could not be converted to a torch module: {exc}") from None
+    _fold_constant_modules(module)
+    _channel_constants_as_parameters(module)
     return module.float().eval()
 
 

@@ -117,6 +117,27 @@ def test_onnx_prunes_with_verified_exports(onnx_files: dict[str, Path], tmp_path
     assert out.shape == (2, 7 if name == "hand_cnn" else 10) and np.isfinite(out).all()
 
 
+TIMM_NETS = ("resnet10t", "efficientnet_lite0", "mobilenetv3_small_050", "convnext_atto", "regnetx_002",
+             "ghostnet_050")
+"""One small timm model per family the issue names, exported to ONNX and pruned through the ONNX path."""
+
+
+@pytest.mark.parametrize("name", TIMM_NETS)
+def test_timm_onnx_prunes_with_verified_exports(tmp_path: Path, name: str, one_thread_module: None) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    path = _export(_randomize_bn(timm.create_model(name, pretrained=False, num_classes=5)), tmp_path / f"{name}.onnx")
+    report = run_prune_job(_job(path, "l1", ("onnx",)), tmp_path / "out")
+    assert report["arch"].startswith("onnx/")
+    assert 0.27 <= report["flops_reduction"] <= 0.33, report["flops_reduction"]
+    onnx_export = next(e for e in report["exports"] if e["format"] == "onnx")
+    assert onnx_export["verified"] is True and onnx_export["max_abs_diff"] <= onnx_export["tolerance"]
+    x = np.random.default_rng(0).standard_normal((2, 3, HW, HW)).astype(np.float32)
+    out = _run_pruned_onnx(tmp_path / "out" / "model.onnx", x)
+    assert out.shape == (2, 5) and np.isfinite(out).all()
+
+
 def test_conversion_fidelity_and_rebuild_from_file(onnx_files: dict[str, Path], tmp_path: Path) -> None:
     path = onnx_files["hand_cnn"]
     model = load_onnx(path)
@@ -153,9 +174,10 @@ def test_onnx_export_of_a_zoo_model_prunes_like_the_zoo_model(tmp_path: Path) ->
     x = torch.randn(1, 3, 16, 16)
     path = _export(zoo, tmp_path / "r20.onnx")
     converted = load_onnx(path).module
-    for method in ("l1", "passive_sim"):
-        pz, rz = prune(zoo, x, get_criterion(method), target_flops_reduction=0.3)
-        po, ro = prune(converted, x, get_criterion(method), target_flops_reduction=0.3)
+    calib = torch.randn(32, 3, 16, 16)  # compensation too (fold, least squares, BN): the pads' constants are
+    for method, data in (("l1", None), ("passive_sim", None), ("l1", calib)):  # no layers of the ONNX model
+        pz, rz = prune(zoo, x, get_criterion(method), target_flops_reduction=0.3, calib=data)
+        po, ro = prune(converted, x, get_criterion(method), target_flops_reduction=0.3, calib=data)
         assert [layer["keep"] for layer in rz["plan"]["layers"]] == [layer["keep"] for layer in ro["plan"]["layers"]]
         assert rz["flops_after"] == ro["flops_after"]
         xs = torch.randn(4, 3, 16, 16)

@@ -87,3 +87,59 @@ def test_library_model_prunes_with_verified_exports(tmp_path: Path, name: str, o
     assert 0.25 <= report["flops_reduction"] <= 0.35, report["flops_reduction"]
     by_fmt = {e["format"]: e for e in report["exports"]}
     assert by_fmt["plan"]["verified"] is True and by_fmt["onnx"]["max_abs_diff"] is not None
+
+
+def test_mnasnet_loads_a_state_dict_without_metadata() -> None:
+    """torchvision's MNASNet refuses a state dict without ``_metadata`` (safetensors files have none)."""
+    src = torchvision.models.mnasnet0_5(num_classes=3)
+    plain = {k: v.clone() for k, v in src.state_dict().items()}  # a plain dict: no _metadata attribute
+    model = build_for_state_dict("torchvision/mnasnet0_5", plain)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), src.eval()(x))
+
+
+def test_channel_shuffle_groups_are_kept_whole_and_the_rest_prunes(one_thread_module: None) -> None:
+    """Torch-Pruning cannot map channels through ShuffleNet's channel shuffle (it crashed building the graph):
+    the groups through it are kept whole with that reason, the branches' inner channels prune, the plan replays."""
+    import copy
+
+    from simprune.pruning.phases import prune
+    from simprune.pruning.surgery import apply_plan
+
+    torch.manual_seed(0)
+    model = get_arch("torchvision/shufflenet_v2_x0_5").builder(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    pruned, report = prune(copy.deepcopy(model), x, "l1", target_flops_reduction=0.2)
+    assert any("Torch-Pruning cannot map its channels" in s["reason"] for s in report["skipped_groups"])
+    assert 0.18 <= report["flops_reduction"] <= 0.22
+    replayed = apply_plan(model, x, report["plan"]["layers"])
+    replayed.load_state_dict(pruned.state_dict())
+    xs = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (replayed.eval()(xs) - pruned.eval()(xs)).abs().max() < 1e-5
+
+
+def test_ghost_module_coupling_is_pruned_in_chunks() -> None:
+    """A Ghost module concatenates its primary conv with a depthwise conv of it: channel i drags i + n/2 along.
+    Those groups are chunked, so the FLOPs model is exact (a 30% target removed ~44% before)."""
+    from simprune.flops import count_model
+    from simprune.pruning.groups import FlopsModel, discover_groups
+    from simprune.pruning.surgery import remove_channels
+
+    torch.manual_seed(0)
+    model = get_arch("timm/ghostnet_050").builder(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    before = count_model(model, x)
+    dg, specs, _ = discover_groups(model, x)
+    assert any(s.ch_groups == 2 for s in specs)
+    fm = FlopsModel(before["per_layer"], dict(model.named_modules()), specs)
+    keep = {}
+    for s in specs:
+        size = s.n_channels // s.ch_groups
+        per = max(1, size - max(1, size // 4))
+        keep[s.name] = [p + j * size for j in range(s.ch_groups) for p in range(per)]
+    predicted = fm.flops({name: len(k) for name, k in keep.items()})
+    for s in specs:
+        remove_channels(dg, s.root, keep[s.name])
+    assert count_model(model, x)["flops"] == predicted

@@ -8,6 +8,12 @@ what Torch-Pruning leaves to the caller:
   (``F.pad`` on the channel dimension, as in the option-A shortcut of CIFAR ResNets): Torch-Pruning treats
   the pad as element-wise and would couple mismatched channels, producing a broken model. Those residual
   streams are kept whole; every other group (the blocks' inner channels) stays prunable;
+* Torch-Pruning gaps, kept whole instead of crashing: a reshape/concat/split whose channel mapping
+  Torch-Pruning cannot infer (the channel shuffle of ShuffleNet, the radix split of ResNeSt, DPN's dual
+  path) is recorded on the graph (:func:`build_graph`) and the groups through it are skipped; a group whose
+  channels drag other channels of the same root along (a Ghost module's cheap depthwise branch concatenated
+  to its primary conv: channel ``i`` couples with ``i + n/2``) is pruned in equal chunks with the same
+  positions kept (``ch_groups``), or kept whole when the coupling is irregular (a slice after the concat);
 * the layer that consumes the channels (for data-driven criteria and compensation), the BatchNorm right
   after the root, depthwise convs pruned along, and the channel chunking imposed by grouped convs;
 * an exact, cheap FLOPs model: the MACs of every conv/linear as a function of the kept count per group,
@@ -16,6 +22,8 @@ what Torch-Pruning leaves to the caller:
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,14 +117,117 @@ def _execution_order(model: nn.Module, example: torch.Tensor) -> tuple[dict[str,
     return order, follow_bn
 
 
+_HITS = "_simprune_blocked_hits"
+"""Attribute of a graph: why each traversal since the last look was stopped at a node it cannot map."""
+
+
+class _Blocked:
+    """Index mapping put on the edges of a node whose channel mapping Torch-Pruning failed to infer: the group
+    traversal stops there (no indices pass) and the hit is recorded on the graph, so the group is kept whole."""
+
+    def __init__(self, graph: Any, why: str) -> None:
+        self.graph, self.why = graph, why
+
+    def __call__(self, idxs: Any) -> list[Any]:
+        self.graph.__dict__.setdefault(_HITS, []).append(self.why)
+        return []
+
+
+def _block(graph: Any, node: Any, why: str) -> None:
+    """Stop every traversal into or out of ``node`` (see :class:`_Blocked`)."""
+    neighbours = list(node.inputs) + list(node.outputs)
+    deps = list(node.dependencies) + [d for n in neighbours for d in n.dependencies if d.target is node]
+    blocked = _Blocked(graph, f"{getattr(node, 'name', 'an op')}: {why}")
+    for dep in deps:
+        dep.index_mapping[0] = blocked
+
+
+def _broken_split(node: Any) -> bool:
+    """A split mapping Torch-Pruning built with a truncated offset list (a chunk whose outputs it miscounts); it
+    would raise IndexError while groups are collected."""
+    deps = list(node.dependencies) + [d for n in node.outputs for d in n.dependencies if d.target is node]
+    return any(type(m).__name__ == "_SplitIndexMapping" and len(m.offset) != 2 for d in deps for m in d.index_mapping)
+
+
+def _tolerant(update: Any) -> Any:
+    """Wrap one of Torch-Pruning's per-op index-mapping updaters: where it crashes (ZeroDivisionError on a channel
+    shuffle's reshape, TypeError on a concat of unknown sizes) or builds a broken split mapping, the node is
+    blocked instead (:func:`_block`)."""
+    if getattr(update, "_simprune_tolerant", False):
+        return update
+
+    @functools.wraps(update)
+    def wrapper(graph: Any, node: Any) -> None:
+        try:
+            update(graph, node)
+        except (ZeroDivisionError, TypeError, IndexError, ValueError) as exc:
+            _block(graph, node, f"{type(exc).__name__} in Torch-Pruning's {update.__name__}")
+            return
+        if _broken_split(node):
+            _block(graph, node, "a split with more outputs than sizes")
+
+    wrapper._simprune_tolerant = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _install_tolerant_index_mapping() -> None:
+    from torch_pruning.dependency import index_mapping
+
+    for name in dir(index_mapping):
+        if name.startswith("update_") and name.endswith("_index_mapping") and name != "update_index_mapping":
+            setattr(index_mapping, name, _tolerant(getattr(index_mapping, name)))
+
+
+_install_tolerant_index_mapping()
+
+
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph for ``model`` traced on ``example``."""
+    """Torch-Pruning's dependency graph for ``model`` traced on ``example`` (nodes whose channel mapping it cannot
+    infer are blocked; :func:`discover_groups` keeps the groups that reach them whole)."""
     was_training = model.training
     model.eval()
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
     finally:
         model.train(was_training)
+
+
+def _blocked_reason(dg: tp.DependencyGraph) -> str | None:
+    """Why the group just collected was stopped at a blocked node (None when it was not); resets the record."""
+    hits = dg.__dict__.setdefault(_HITS, [])
+    why = hits[0] if hits else None
+    hits.clear()
+    return None if why is None else f"reaches {why}: Torch-Pruning cannot map its channels; kept whole"
+
+
+def _out_fn(module: nn.Module) -> Any:
+    return tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
+
+
+def _root_closure(dg: tp.DependencyGraph, root: nn.Module, i: int) -> list[int]:
+    """The root's own channels that removing channel ``i`` removes (``[i]`` unless the group loops back)."""
+    group = dg.get_pruning_group(root, _out_fn(root), [i])
+    idxs = {int(j) for item in group
+            if item.dep.target.module is root and dg.is_out_channel_pruning_fn(item.dep.handler) for j in item.idxs}
+    return sorted(idxs | {i})
+
+
+def _self_coupling(dg: tp.DependencyGraph, group: tp.Group, root: nn.Module, n: int) -> int | None:
+    """Chunks of a group whose channels couple with channels of the same root (1: none; None: irregular).
+
+    Probed only for groups through a concat (where a branch computed from the root can rejoin it)."""
+    if not any(item.dep.target.type == tp.ops.OPTYPE.CONCAT for item in group):
+        return 1
+    try:
+        first = _root_closure(dg, root, 0)
+    except (IndexError, ValueError, TypeError, ZeroDivisionError):  # Torch-Pruning cannot trace a single channel
+        return None
+    c = len(first)
+    if c == 1:
+        return 1
+    if n % c or first != [j * (n // c) for j in range(c)]:
+        return None
+    return c if _root_closure(dg, root, n - 1) == [(j + 1) * (n // c) - 1 for j in range(c)] else None
 
 
 def _passes_channel_pad(group: tp.Group) -> bool:
@@ -194,14 +305,24 @@ def discover_groups(
 
     specs: list[GroupSpec] = []
     skipped: list[dict[str, str]] = []
+    _blocked_reason(dg)
     for group in dg.get_all_groups(ignored_layers=ignored_mods, root_module_types=PRUNABLE_ROOTS):
+        blocked = _blocked_reason(dg)  # read first: the traversal that collected this group recorded it
         root = group[0].dep.target.module
         name = _module_name(dg, root)
         if name is None:
             continue
         n = root.out_channels if hasattr(root, "out_channels") else root.out_features
         out_mods, in_mods, effects, ch_groups = _group_members(dg, group, n)
-        reason = _skip_reason(group, out_mods, frozen, ignored, n, ch_groups)
+        reason = _skip_reason(group, out_mods, frozen, ignored, n, ch_groups) or blocked
+        if not reason:
+            chunks = _self_coupling(dg, group, root, n)
+            if chunks is None:
+                reason = ("its channels are coupled with other channels of the same layer in an irregular pattern "
+                          "(a branch computed from it is concatenated back and sliced, as in a Ghost module)")
+            else:
+                ch_groups = math.lcm(ch_groups, chunks)
+                reason = "too few channels" if n <= ch_groups else None
         if reason:
             skipped.append({"layer": name, "reason": reason})
             continue

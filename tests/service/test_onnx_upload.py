@@ -1,5 +1,6 @@
 """ONNX uploads over the API (no architecture name; the dry run stored with the model; bad files refused with
-nothing stored) and the paginated, searchable architecture catalogue."""
+nothing stored; a job on the upload run by the worker, its pruned ONNX downloaded and run in onnxruntime) and the
+paginated, searchable architecture catalogue."""
 
 from __future__ import annotations
 
@@ -71,6 +72,42 @@ def test_onnx_upload_without_arch_stores_the_dry_run(api: TestClient, onnx_file:
     assert body["dry_run"] == dry  # the model record shows it
 
 
+@pytest.mark.parametrize("method", ["l1", "passive_sim"])
+def test_onnx_job_runs_through_the_worker(api: TestClient, onnx_file: Path, tmp_path: Path, method: str,
+                                          one_thread_module: None) -> None:
+    import onnxruntime as ort
+
+    from worker.tasks import execute_job
+
+    model = _upload(api, onnx_file).json()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8),
+             y=np.arange(24, dtype=np.int64) % 6)
+    with open(tmp_path / "calib.npz", "rb") as fh:
+        calib = api.post("/v1/datasets", files={"file": ("calib.npz", fh)}).json()
+    accepted = api.post("/v1/jobs", json={"model_id": model["id"], "method": method, "target_flops_reduction": 0.3,
+                                          "calibration_dataset_id": calib["id"], "exports": ["onnx", "safetensors"]})
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["id"]
+    assert execute_job(job_id, api.settings) == "succeeded"  # type: ignore[attr-defined]
+    done = api.get(f"/v1/jobs/{job_id}").json()
+    result = done["result"]
+    assert result["arch"] == model["arch"] and 0.27 <= result["flops_reduction"] <= 0.33, result["flops_reduction"]
+    by_fmt = {e["format"]: e for e in result["exports"]}
+    assert by_fmt["onnx"]["verified"] is True and by_fmt["safetensors"]["verified"] is True
+    assert by_fmt["plan"]["verified"] is True  # the plan rebuilt the pruned model from the uploaded ONNX file
+    resp = api.get(f"/v1/jobs/{job_id}/artifacts/model.onnx")
+    assert resp.status_code == 200, resp.text
+    (tmp_path / "pruned.onnx").write_bytes(resp.content)
+    sess = ort.InferenceSession(str(tmp_path / "pruned.onnx"), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert out.shape == (2, 6) and np.isfinite(out).all()
+    dense = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert dense.get_inputs()[0].shape[1:] == sess.get_inputs()[0].shape[1:]
+    assert len(resp.content) < onnx_file.stat().st_size  # channels were removed
+
+
 def _tiny(path: Path, nodes: list[Any], inits: list[TensorProto], domains: dict[str, int] | None = None) -> Path:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
@@ -120,6 +157,9 @@ def test_architectures_are_paginated_and_searchable(api: TestClient) -> None:
     assert {a["name"] for a in first["items"]}.isdisjoint(a["name"] for a in second["items"])
     found = api.get("/v1/architectures", params={"search": "GhostNet"}).json()
     assert found["items"] and all("ghostnet" in a["name"] for a in found["items"]) and found["next_offset"] is None
-    assert not any(a["verified"] for a in found["items"])  # ghostnet: see simprune.zoo.libraries.VERIFIED_TIMM
+    verified = {a["name"]: a["verified"] for a in found["items"]}
+    assert verified["timm/ghostnet_050"] and verified["timm/ghostnetv2_100"]  # timm's ghostnet module is tested
+    assert not verified["timm/repghostnet_050"]  # another module (repghost), not covered by a test
     assert api.get("/v1/architectures", params={"search": "timm/resnet10t"}).json()["items"][0]["verified"]
+    assert not api.get("/v1/architectures", params={"search": "torchvision/vit_b_16"}).json()["items"][0]["verified"]
     _problem(api.get("/v1/architectures", params={"limit": 0}), 422)
