@@ -204,6 +204,9 @@ class JobSpec(_Strict):
             errors.append(("calibration", f"method '{self.method}' needs calibration data"))
         if self.allocation == "sensitivity" and not has_calibration:
             errors.append(("calibration", "allocation 'sensitivity' needs calibration data"))
+        if self.preset in ("fast", "balanced", "best") and not has_calibration:
+            errors.append(("calibration", f"preset '{self.preset}' needs calibration data (without any, name no "
+                                          "preset: the data-free path runs)"))
         if method.trains and self.finetune is None:
             errors.append(("finetune", f"method '{self.method}' trains the network: give finetune.epochs and "
                                        "training data"))

@@ -52,6 +52,9 @@ def test_explicit_switches_win_over_the_preset() -> None:
     assert spec.settings(has_calibration=True)["allocation"] == "uniform"  # the method's own counts
     spec = JobSpec(method="qsfm", target_flops_reduction=0.5, depth=False)
     assert spec.settings(has_calibration=True)["allocation_options"] == {"depth": False}
+    assert JobSpec(method="l1", target_flops_reduction=0.5, preset="best").data_errors(False, False) == [
+        ("calibration", "preset 'best' needs calibration data (without any, name no preset: the data-free path runs)")]
+    assert JobSpec(method="l1", target_flops_reduction=0.5).data_errors(False, False) == []
     with pytest.raises(ValueError, match="depth needs allocation 'sensitivity'"):
         JobSpec(method="l1", target_flops_reduction=0.5, preset="fast", depth=True)
 
