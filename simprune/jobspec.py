@@ -216,9 +216,9 @@ class JobSpec(_Strict):
         return errors
 
     def _preset_allocation(self) -> str:
-        from simprune.presets import PRESETS
+        from simprune.presets import PRESETS, default_preset
 
-        return PRESETS[self.preset].allocation if self.preset else "sensitivity"
+        return PRESETS[self.preset or default_preset(True)].allocation
 
     def settings(self, has_calibration: bool) -> dict[str, Any]:
         """What the job runs with: its preset (named, or the default) filled in under the explicit allocation,
