@@ -94,6 +94,8 @@ def sweep_one(arch: str, hw: int | None, exports: tuple[str, ...], target: float
         if abs(red - target) > tolerance:
             row["result"] = f"FLOPs reduction {100 * red:.1f}% misses the {100 * target:.0f}% target"
     except Exception as exc:  # noqa: BLE001 - the sweep records every failure and goes on
+        if isinstance(exc.__context__, MemoryError):  # a cleanup that failed after the memory ran out
+            exc = exc.__context__
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         where = traceback.extract_tb(exc.__traceback__)[-1]
         row["result"] = f"{type(exc).__name__}: {first} ({Path(where.filename).name}:{where.lineno})"

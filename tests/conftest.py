@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,19 @@ os.environ.setdefault("SIMPRUNE_MEASURE_LATENCY", "0")
 # Likewise jobs that name no preset run the fast pipeline here (the operator setting), not the slower best one;
 # tests/test_presets.py runs every preset explicitly and checks the real default with the setting removed.
 os.environ.setdefault("SIMPRUNE_DEFAULT_PRESET", "fast")
+
+
+@pytest.fixture(scope="session")
+def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The ONNX networks of ``tests/onnx_nets.py``, exported once per session (engine and service tests)."""
+    from onnx_nets import export_all
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return export_all(tmp_path_factory.mktemp("onnx"))
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -259,3 +259,25 @@ def test_sequential_recon_on_depthwise_and_grouped_archs(arch: str, one_thread: 
         out = pm(x)
         assert out.shape == (2, 10) and torch.isfinite(out).all()
         assert torch.allclose(rebuilt(x), out, atol=1e-5)
+
+
+def test_lstsq_refits_convs_concatenated_at_an_offset(one_thread: None) -> None:
+    """A group spanning a concat (conv ``a``'s channels at 0..11, ``b``'s last conv at 12..31) keeps channels in
+    the group's index space: each conv's kept outputs are mapped back to its own (regression: an index past
+    ``a``'s 12 channels)."""
+    from onnx_nets import HandCNN, randomize_bn
+
+    from simprune.pruning.groups import discover_groups, module_keep
+
+    torch.manual_seed(0)
+    model = randomize_bn(HandCNN())
+    x = torch.randn(1, 3, 32, 32)
+    spec = next(s for s in discover_groups(model, x)[1] if "b.3" in s.out_index)
+    assert spec.out_index["b.3"] == list(range(12, 32)) and spec.out_index["a.0"] == list(range(12))
+    assert module_keep(spec, "b.3", [1, 12, 20, 31]) == [0, 8, 19] and module_keep(spec, "a.0", [1, 12]) == [1]
+    assert module_keep(spec, spec.name, [1, 12]) == [1, 12]  # the root's own channels are the group's
+    calib = torch.randn(48, 3, 32, 32)
+    pruned, report = prune(model, x, "l1", target_flops_reduction=0.3, calib=calib)
+    assert report["compensation"]["lstsq"], report["compensation"]
+    with torch.no_grad():
+        assert pruned(calib).shape == (48, 7)

@@ -1,9 +1,8 @@
-"""ONNX models: checks on untrusted files, conversion fidelity, pruning with verified exports, plan rebuild."""
+"""ONNX models: checks on untrusted files, conversion fidelity, plan rebuild, the CLI. (Each test network uploaded
+over the API and pruned by the worker: tests/service/test_onnx_upload.py.)"""
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,75 +11,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torchvision
 from onnx import TensorProto, helper
-from torch import nn
+from onnx_nets import HW, export_onnx
 
 from simprune.errors import InputError, UnsafeInputError
 from simprune.onnx_import import check_onnx, inspect_onnx, load_onnx
 from simprune.pipeline import PruneJob, run_prune_job
 from simprune.plan import load_pruned
 from simprune.zoo import get_arch
-
-HW = 32
-
-
-class HandCNN(nn.Module):
-    """Concat of two branches, depthwise separable convs and a squeeze-excite block."""
-
-    def __init__(self, num_classes: int = 7) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        self.a = nn.Sequential(nn.Conv2d(16, 12, 1, bias=False), nn.BatchNorm2d(12), nn.ReLU())
-        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                               nn.Conv2d(16, 20, 1, bias=False), nn.BatchNorm2d(20), nn.ReLU())
-        self.dw = nn.Sequential(nn.Conv2d(32, 32, 3, 2, 1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU())
-        self.se_reduce, self.se_expand = nn.Conv2d(32, 8, 1), nn.Conv2d(8, 32, 1)
-        self.pw = nn.Sequential(nn.Conv2d(32, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
-        self.fc = nn.Linear(48, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.dw(torch.cat([self.a(x), self.b(x)], dim=1))
-        s = torch.sigmoid(self.se_expand(torch.relu(self.se_reduce(x.mean((2, 3), keepdim=True)))))
-        x = self.pw(x * s)
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def _randomize_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so that pruning and fidelity checks see realistic activations."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
-def _export(model: nn.Module, path: Path) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, HW, HW),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
-    return path
-
-
-NETS = {
-    "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
-    "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
-    "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=10),
-    "regnet_x_400mf": lambda: torchvision.models.regnet_x_400mf(num_classes=10),
-    "densenet121": lambda: torchvision.models.densenet121(num_classes=10),
-    "hand_cnn": HandCNN,
-}
-
-
-@pytest.fixture(scope="module")
-def onnx_files(tmp_path_factory: pytest.TempPathFactory, one_thread_module: None) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("onnx")
-    torch.manual_seed(0)
-    return {name: _export(_randomize_bn(build()), root / f"{name}.onnx") for name, build in NETS.items()}
 
 
 def _job(path: Path, method: str, exports: tuple[str, ...]) -> PruneJob:
@@ -91,51 +29,6 @@ def _job(path: Path, method: str, exports: tuple[str, ...]) -> PruneJob:
 def _run_pruned_onnx(path: Path, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-
-@pytest.mark.parametrize("name", list(NETS))
-@pytest.mark.parametrize("method", ["l1", "passive_sim"])
-def test_onnx_prunes_with_verified_exports(onnx_files: dict[str, Path], tmp_path: Path, name: str,
-                                           method: str) -> None:
-    # every export is verified against the in-memory model; the plan rebuild (from the original ONNX file through
-    # plan.json) once per network, pt2 once
-    exports = {"l1": ("onnx", "safetensors"), "passive_sim": ("onnx",)}[method]
-    if (name, method) == ("resnet18", "l1"):
-        exports = ("pt2", *exports)
-    report = run_prune_job(_job(onnx_files[name], method, exports), tmp_path)
-    assert report["arch"].startswith("onnx/")
-    assert 0.27 <= report["flops_reduction"] <= 0.33, report["flops_reduction"]
-    by_fmt = {e["format"]: e for e in report["exports"]}
-    assert set(exports) <= set(by_fmt) and all(e["max_abs_diff"] is not None for e in by_fmt.values()
-                                               if e["format"] != "plan")
-    if "safetensors" in exports:
-        assert by_fmt["plan"]["verified"] is True
-        plan = json.loads((tmp_path / "plan.json").read_text())
-        assert plan["source"]["format"] == "onnx" and plan["layers"]
-    x = np.random.default_rng(0).standard_normal((2, 3, HW, HW)).astype(np.float32)
-    out = _run_pruned_onnx(tmp_path / "model.onnx", x)
-    assert out.shape == (2, 7 if name == "hand_cnn" else 10) and np.isfinite(out).all()
-
-
-TIMM_NETS = ("resnet10t", "efficientnet_lite0", "mobilenetv3_small_050", "convnext_atto", "regnetx_002",
-             "ghostnet_050")
-"""One small timm model per family the issue names, exported to ONNX and pruned through the ONNX path."""
-
-
-@pytest.mark.parametrize("name", TIMM_NETS)
-def test_timm_onnx_prunes_with_verified_exports(tmp_path: Path, name: str, one_thread_module: None) -> None:
-    import timm
-
-    torch.manual_seed(0)
-    path = _export(_randomize_bn(timm.create_model(name, pretrained=False, num_classes=5)), tmp_path / f"{name}.onnx")
-    report = run_prune_job(_job(path, "l1", ("onnx",)), tmp_path / "out")
-    assert report["arch"].startswith("onnx/")
-    assert 0.27 <= report["flops_reduction"] <= 0.33, report["flops_reduction"]
-    onnx_export = next(e for e in report["exports"] if e["format"] == "onnx")
-    assert onnx_export["verified"] is True and onnx_export["max_abs_diff"] <= onnx_export["tolerance"]
-    x = np.random.default_rng(0).standard_normal((2, 3, HW, HW)).astype(np.float32)
-    out = _run_pruned_onnx(tmp_path / "out" / "model.onnx", x)
-    assert out.shape == (2, 5) and np.isfinite(out).all()
 
 
 def test_conversion_fidelity_and_rebuild_from_file(onnx_files: dict[str, Path], tmp_path: Path) -> None:
@@ -172,7 +65,7 @@ def test_onnx_export_of_a_zoo_model_prunes_like_the_zoo_model(tmp_path: Path) ->
     torch.manual_seed(0)
     zoo = build_model("cifar_resnet20").eval()
     x = torch.randn(1, 3, 16, 16)
-    path = _export(zoo, tmp_path / "r20.onnx")
+    path = export_onnx(zoo, tmp_path / "r20.onnx")
     converted = load_onnx(path).module
     calib = torch.randn(32, 3, 16, 16)  # compensation too (fold, least squares, BN): the pads' constants are
     for method, data in (("l1", None), ("passive_sim", None), ("l1", calib)):  # no layers of the ONNX model
@@ -182,7 +75,8 @@ def test_onnx_export_of_a_zoo_model_prunes_like_the_zoo_model(tmp_path: Path) ->
         assert rz["flops_after"] == ro["flops_after"]
         xs = torch.randn(4, 3, 16, 16)
         with torch.no_grad():
-            assert (pz(xs) - po(xs)).abs().max() < 1e-4
+            ref = pz(xs)  # the ONNX export folded BN into the convs: float32 rounding differs, relatively
+            assert (ref - po(xs)).abs().max() < 1e-5 * max(1.0, float(ref.abs().max())) + 1e-5
 
 
 def test_checkpoint_loader_points_onnx_files_to_the_onnx_path(onnx_files: dict[str, Path]) -> None:

@@ -54,10 +54,22 @@ class GroupSpec:
     """For each consumer, the BatchNorm that directly normalises its output (where a bias can be folded)."""
     # (module name, "out"|"in", channels removed per channel of this group) for the FLOPs model
     effects: list[tuple[str, str, float]] = field(default_factory=list)
+    out_index: dict[str, list[int]] = field(default_factory=dict)
+    """Module -> the group channel of each of its output channels, where that is not the identity (convs
+    concatenated into the group: each holds a slice of the group's channels)."""
 
     def min_keep(self, round_to: int | None) -> int:
         step = self.ch_groups * (round_to or 1)
         return max(step, self.ch_groups)
+
+
+def module_keep(spec: GroupSpec, module: str, keep: list[int]) -> list[int]:
+    """The output channels of ``module`` kept when ``spec`` keeps the group channels ``keep``."""
+    index = spec.out_index.get(module)
+    if index is None:
+        return keep
+    kept = set(keep)
+    return [local for local, channel in enumerate(index) if channel in kept]
 
 
 def is_depthwise(m: nn.Module) -> bool:
@@ -239,11 +251,14 @@ def _passes_channel_pad(group: tp.Group) -> bool:
 
 
 def _group_members(dg: tp.DependencyGraph, group: Any, n: int) -> tuple[list[str], list[str],
-                                                                         list[tuple[str, str, float]], int]:
-    """Modules whose output / input channels the group prunes, its FLOPs effects, and its channel chunking."""
+                                                                         list[tuple[str, str, float]], int,
+                                                                         dict[str, list[int]]]:
+    """Modules whose output / input channels the group prunes, its FLOPs effects, its channel chunking, and
+    where an output module's channels sit in the group's (only where that is not the identity)."""
     out_mods: list[str] = []
     in_mods: list[str] = []
     effects: list[tuple[str, str, float]] = []
+    out_index: dict[str, list[int]] = {}
     ch_groups = 1
     for item in group:
         dep, idxs = item.dep, item.idxs
@@ -255,11 +270,14 @@ def _group_members(dg: tp.DependencyGraph, group: Any, n: int) -> tuple[list[str
         (out_mods if is_out else in_mods).append(mname)
         if isinstance(mod, PRUNABLE_ROOTS):
             effects.append((mname, "out" if is_out else "in", len(idxs) / n))
+            root_idxs = list(getattr(item, "root_idxs", None) or idxs)
+            if is_out and (len(idxs) != n or [int(i) for i in idxs] != root_idxs):
+                out_index[mname] = [int(r) for _, r in sorted(zip(idxs, root_idxs, strict=True))]
             if isinstance(mod, nn.Conv2d | nn.Conv1d) and mod.groups > 1 and not is_depthwise(mod):
                 ch_groups = max(ch_groups, mod.groups)
         if isinstance(mod, nn.GroupNorm):
             ch_groups = max(ch_groups, mod.num_groups)
-    return out_mods, in_mods, effects, ch_groups
+    return out_mods, in_mods, effects, ch_groups, out_index
 
 
 def _skip_reason(group: Any, out_mods: list[str], frozen: set[str], ignored: set[str], n: int,
@@ -313,7 +331,7 @@ def discover_groups(
         if name is None:
             continue
         n = root.out_channels if hasattr(root, "out_channels") else root.out_features
-        out_mods, in_mods, effects, ch_groups = _group_members(dg, group, n)
+        out_mods, in_mods, effects, ch_groups, out_index = _group_members(dg, group, n)
         reason = _skip_reason(group, out_mods, frozen, ignored, n, ch_groups) or blocked
         if not reason:
             chunks = _self_coupling(dg, group, root, n)
@@ -327,7 +345,7 @@ def discover_groups(
             skipped.append({"layer": name, "reason": reason})
             continue
         spec = GroupSpec(name=name, root=root, n_channels=n, ch_groups=ch_groups, effects=effects,
-                         members=sorted(set(out_mods + in_mods)))
+                         members=sorted(set(out_mods + in_mods)), out_index=out_index)
         bn_name = follow_bn.get(name)
         if bn_name and bn_name in out_mods:
             spec.bn, spec.bn_name = modules[bn_name], bn_name

@@ -55,7 +55,7 @@ from simprune.pruning.blocks import (
     temporarily_dropped,
 )
 from simprune.pruning.features import collect_features, first_inputs, iter_inputs, to_channel_group
-from simprune.pruning.groups import FlopsModel, GroupSpec, discover_groups
+from simprune.pruning.groups import FlopsModel, GroupSpec, discover_groups, module_keep
 from simprune.pruning.report import per_layer_rows
 from simprune.pruning.sequential import prune_sequentially
 from simprune.pruning.surgery import remove_channels
@@ -591,8 +591,8 @@ def _out_channels(mod: nn.Module) -> int:
 def _least_squares(run: PruneRun) -> None:
     """Re-fit the layers after the cut to reproduce the dense model's outputs."""
     run.progress("lstsq", 0.7)
-    out_keep = {m: run.selections[s.name].keep.tolist() for s in run.specs if s.name in run.selections
-                for m, kind, _ in s.effects if kind == "out"}
+    out_keep = {m: module_keep(s, m, run.selections[s.name].keep.tolist()) for s in run.specs
+                if s.name in run.selections for m, kind, _ in s.effects if kind == "out"}
     lstsq_opts = {k: v for k, v in run.copts.items() if k in LSTSQ_OPTIONS}
     pruned_specs = [s for s in run.specs if s.name in run.selections]
     anchor = first_layer_after_drops(run.work, run.example) if run.dropped else None
