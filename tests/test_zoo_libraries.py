@@ -143,3 +143,42 @@ def test_ghost_module_coupling_is_pruned_in_chunks() -> None:
     for s in specs:
         remove_channels(dg, s.root, keep[s.name])
     assert count_model(model, x)["flops"] == predicted
+
+
+@pytest.mark.parametrize("library", ["torchvision", "timm"])
+def test_vision_transformers_keep_their_token_stream_and_prune_the_mlps(library: str,
+                                                                        one_thread_module: None) -> None:
+    """A ViT reshapes its token stream to a fixed width (torchvision's ``hidden_dim``, nn.MultiheadAttention's
+    ``embed_dim``, timm's ``qkv`` heads): pruning it broke the forward. The catalogue's builders declare those
+    layers frozen, so the MLPs' hidden layers prune and the model runs (small ViTs of the same classes)."""
+    import copy
+
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from simprune.pruning.phases import prune
+    from simprune.zoo.libraries import _plain_state_dicts, _timm_frozen
+
+    torch.manual_seed(0)
+    if library == "torchvision":
+        model = _plain_state_dicts(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                     hidden_dim=32, mlp_dim=128, num_classes=5))
+        stream = "conv_proj"
+    else:
+        model = _timm_frozen(TimmViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4,
+                                     num_classes=5))
+        stream = "patch_embed.proj"
+    with torch.no_grad():
+        for p in model.parameters():  # torchvision zero-initialises the head
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0.0, 0.02)
+    x = torch.randn(1, 3, 32, 32)
+    pruned, report = prune(copy.deepcopy(model.eval()), x, "l1", target_flops_reduction=0.2)
+    assert any("simprune_frozen_layers" in s["reason"] for s in report["skipped_groups"]), report["skipped_groups"]
+    pruned_layers = {layer["layer"] for layer in report["plan"]["layers"]
+                     if len(layer["keep"]) < layer["channels_before"]}
+    assert pruned_layers and all("mlp" in name for name in pruned_layers), pruned_layers
+    assert pruned.get_submodule(stream).out_channels == 32  # the token stream kept whole
+    assert 0.18 <= report["flops_reduction"] <= 0.22
+    with torch.no_grad():
+        assert pruned.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)

@@ -89,11 +89,18 @@ def _versioned_load(self: nn.Module, state_dict: dict, prefix: str, local_metada
 
 
 def _plain_state_dicts(model: nn.Module) -> nn.Module:
-    """Let ``model`` load plain tensor dicts (no ``_metadata``) where its class demands a version (MNASNet)."""
+    """Let ``model`` load plain tensor dicts (no ``_metadata``) where its class demands a version (MNASNet), and
+    declare the layers a torchvision model cannot have pruned (a ViT's residual stream)."""
     from torchvision.models.mnasnet import MNASNet
+    from torchvision.models.vision_transformer import VisionTransformer
 
     if isinstance(model, MNASNet):
         model._load_from_state_dict = types.MethodType(_versioned_load, model)  # type: ignore[method-assign]
+    if isinstance(model, VisionTransformer):
+        # The patch embedding's width is the residual stream's: torchvision reshapes it to the fixed
+        # ``hidden_dim`` and nn.MultiheadAttention to its ``embed_dim``, so that stream is kept whole and the
+        # MLPs' hidden layers are what gets pruned.
+        model.simprune_frozen_layers = lambda: ["conv_proj"]  # type: ignore[assignment]
     return model
 
 
@@ -103,6 +110,17 @@ def _timm_modules() -> dict[str, str]:
     import timm
 
     return {n: mod for mod in timm.list_modules() for n in timm.list_models(module=mod)}
+
+
+def _timm_frozen(model: nn.Module) -> nn.Module:
+    """Declare what a timm transformer cannot have pruned: its attention reshapes ``qkv`` to a fixed
+    ``(3, num_heads, head_dim)`` and its token stream carries fixed-width class/position embeddings, so the
+    patch embedding and every ``qkv`` are kept whole (the MLPs' hidden layers are pruned)."""
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    qkv = [n for n, m in model.named_modules() if n.endswith("attn.qkv") and isinstance(m, nn.Linear)]
+    if isinstance(proj, nn.Conv2d) and qkv:
+        model.simprune_frozen_layers = lambda: ["patch_embed.proj", *qkv]  # type: ignore[assignment]
+    return model
 
 
 def _timm_info(name: str) -> ArchInfo:
@@ -121,7 +139,8 @@ def _timm_info(name: str) -> ArchInfo:
     classes = (cfg.num_classes if cfg else 0) or 1000
 
     def builder(num_classes: int = classes, in_channels: int = 3) -> nn.Module:
-        return timm.create_model(short, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+        return _timm_frozen(timm.create_model(short, pretrained=False, num_classes=num_classes,
+                                              in_chans=in_channels))
 
     builder.__doc__ = f"timm {short}, ``pretrained=False``."
     return ArchInfo(name=name, builder=builder, input_size=size, mean=mean, std=std, num_classes=classes,
