@@ -182,3 +182,96 @@ def test_vision_transformers_keep_their_token_stream_and_prune_the_mlps(library:
     assert 0.18 <= report["flops_reduction"] <= 0.22
     with torch.no_grad():
         assert pruned.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("family", ["swin", "maxvit"])
+def test_windowed_transformers_prune_their_mlps_without_tracing_the_windows(family: str,
+                                                                           one_thread_module: None) -> None:
+    """Swin and MaxViT reshape the token stream into windows and heads; Torch-Pruning's index mapping through
+    those reshapes ran out of memory on the real models (tens of GB). The catalogue's builder declares every layer
+    writing the stream frozen: the MLP hidden layers (and MaxViT's MBConv expansions) prune, the model runs."""
+    import copy
+    from functools import partial
+
+    from torchvision.models.maxvit import MaxVit
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    from simprune.pruning.phases import prune
+    from simprune.zoo.libraries import _plain_state_dicts
+
+    torch.manual_seed(0)
+    if family == "swin":
+        model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                                window_size=[4, 4], num_classes=5)
+        hw, stream, allowed = 32, "features.0.0", ("mlp.0", "mlp.3")
+    else:
+        model = MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16],
+                       block_layers=[1], head_dim=8, stochastic_depth_prob=0.0, num_classes=5,
+                       norm_layer=partial(torch.nn.BatchNorm2d, eps=1e-3, momentum=0.01))
+        hw, stream, allowed = 32, "stem.0.0", ("conv_a", "conv_b", "squeeze_excitation", "mlp_layer")
+    model = _plain_state_dicts(model).eval()
+    x = torch.randn(1, 3, hw, hw)
+    pruned, report = prune(copy.deepcopy(model), x, "l1", target_flops_reduction=0.15)
+    assert any("simprune_untraced_layers" in s["reason"] for s in report["skipped_groups"])
+    pruned_layers = {layer["layer"] for layer in report["plan"]["layers"]
+                     if len(layer["keep"]) < layer["channels_before"]}
+    assert pruned_layers and all(any(a in name for a in allowed) for name in pruned_layers), pruned_layers
+    assert pruned.get_submodule(stream).out_channels == model.get_submodule(stream).out_channels
+    assert report["flops_reduction"] > 0.1
+    with torch.no_grad():
+        assert pruned.eval()(torch.randn(2, 3, hw, hw)).shape == (2, 5)
+
+
+class _PartialResidual(torch.nn.Module):
+    """ReXNet's block shape: the shortcut is added to the first channels only, through a fixed slice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.expand = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.wide = torch.nn.Conv2d(16, 12, 1)
+        self.head = torch.nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(self.stem(x))
+        y = self.wide(torch.relu(self.expand(s)))
+        y = torch.cat([y[:, 0:8] + s, y[:, 8:]], dim=1)
+        return self.head(y.mean((2, 3)))
+
+
+def test_fixed_channel_slices_keep_their_groups_whole_and_the_rest_prunes(one_thread_module: None) -> None:
+    """Pruning channels that pass a slice with constant bounds broke ReXNet's forward (and its trace looped
+    for 15 minutes): such groups are kept whole with the reason, the others prune, the model runs."""
+    from simprune.pruning.phases import prune
+
+    torch.manual_seed(0)
+    model = _PartialResidual().eval()
+    pruned, report = prune(model, torch.randn(1, 3, 16, 16), "l1", pruning_ratio=0.5)
+    reasons = {s["layer"]: s["reason"] for s in report["skipped_groups"]}
+    assert "fixed channel slice" in reasons["wide"], reasons  # stem's channels are added into wide's: one group
+    assert [layer["layer"] for layer in report["plan"]["layers"]] == ["expand"]
+    assert pruned.expand.out_channels == 8 and (pruned.stem.out_channels, pruned.wide.out_channels) == (8, 12)
+    with torch.no_grad():
+        assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+
+
+def test_a_trace_that_does_not_close_is_abandoned_not_hung(monkeypatch: pytest.MonkeyPatch,
+                                                           one_thread_module: None) -> None:
+    """Each group's Torch-Pruning trace is bounded: past the budget the group is kept whole with the reason
+    (ReXNet's partial adds made one trace collect 20,000+ dependencies), the rest prunes, and the budget is
+    inactive outside group discovery."""
+    import torch_pruning as tp
+
+    from simprune.pruning import groups
+    from simprune.pruning.phases import prune
+    from simprune.zoo import build_model
+
+    model = build_model("cifar_resnet20").eval()
+    monkeypatch.setattr(groups, "TRACE_BUDGET", 12)  # a residual stream of ResNet-20 has more dependencies
+    pruned, report = prune(model, torch.randn(1, 3, 16, 16), "l1", pruning_ratio=0.3)
+    traced = [s for s in report["skipped_groups"] if "did not close within 12" in s["reason"]]
+    assert traced and report["plan"]["layers"], report["skipped_groups"]
+    with torch.no_grad():
+        assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 16, 16))
+    assert len(list(dg.get_all_groups())) > 0  # Torch-Pruning itself is untouched outside discover_groups

@@ -47,6 +47,7 @@ from simprune.errors import InputError
 from simprune.finetune import FinetuneConfig, FinetuneProgressFn, FinetuneResult, finetune
 from simprune.methods.base import Method, MethodResult, RunContext, option
 from simprune.methods.registry import register_method
+from simprune.pruning.groups import frozen_layers
 
 T_START = 1.0
 T_END = 1e4
@@ -199,8 +200,7 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _frozen(model: nn.Module) -> set[str]:
-    fn = getattr(model, "simprune_frozen_layers", None)
-    return set(fn()) if callable(fn) else set()
+    return set(frozen_layers(model))
 
 
 def _group_ok(dg: tp.DependencyGraph, group: Any, conv: nn.Module, frozen_mods: set[int]) -> bool:

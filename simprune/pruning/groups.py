@@ -4,7 +4,8 @@ A group is the set of coupled channels rooted at one producing layer (a conv or 
 what Torch-Pruning leaves to the caller:
 
 * groups it must not touch: the classifier and user-ignored layers, layers a model declares frozen through
-  ``model.simprune_frozen_layers()``, and any group whose channels pass through a channel-padding op
+  ``model.simprune_frozen_layers()`` (or ``simprune_untraced_layers()``: not even traced), and any group whose
+  channels pass through a channel-padding op
   (``F.pad`` on the channel dimension, as in the option-A shortcut of CIFAR ResNets): Torch-Pruning treats
   the pad as element-wise and would couple mismatched channels, producing a broken model. Those residual
   streams are kept whole; every other group (the blocks' inner channels) stays prunable;
@@ -24,16 +25,48 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency.group import Group as _TPGroup
 
 from simprune.methods.base import Consumer
 
 PRUNABLE_ROOTS = (nn.Conv2d, nn.Conv1d, nn.Linear)
+
+TRACE_BUDGET = 5000
+"""Dependencies one group's trace may collect before it is abandoned and the group kept whole. The largest
+legitimate group of the zoo sweep has about 200 (DenseNet-201); ReXNet's partial-channel residual adds make
+Torch-Pruning's trace loop (20,000 dependencies and still growing, quadratic time: 15 minutes for one model)."""
+
+
+class _TraceBudgetExceeded(RuntimeError):
+    pass
+
+
+_TRACE = threading.local()
+_TP_ADD_DEP = _TPGroup.add_dep
+
+
+def _budgeted_add_dep(self: Any, dep: Any, idxs: Any) -> Any:
+    """Torch-Pruning's ``Group.add_dep``, counting the dependencies of a trace started by :func:`_all_groups`."""
+    budget = getattr(_TRACE, "budget", None)
+    if budget is not None:
+        n = self.__dict__.get("_simprune_deps", 0) + 1
+        self._simprune_deps = n
+        if n > budget:
+            raise _TraceBudgetExceeded(n)
+    return _TP_ADD_DEP(self, dep, idxs)
+
+
+if not getattr(_TPGroup.add_dep, "_simprune", False):  # once per process; inactive outside _all_groups
+    _budgeted_add_dep._simprune = True  # type: ignore[attr-defined]
+    _TPGroup.add_dep = _budgeted_add_dep
 
 
 @dataclass
@@ -86,8 +119,20 @@ def default_ignored(model: nn.Module) -> list[str]:
 
 
 def frozen_layers(model: nn.Module) -> list[str]:
-    """Layers whose output channels the model itself declares unprunable."""
-    fn = getattr(model, "simprune_frozen_layers", None)
+    """Layers whose output channels the model itself declares unprunable (``simprune_frozen_layers()``, and
+    the ``simprune_untraced_layers()`` of :func:`untraced_layers`)."""
+    names: list[str] = []
+    for hook in ("simprune_frozen_layers", "simprune_untraced_layers"):
+        fn = getattr(model, hook, None)
+        names += list(fn()) if callable(fn) else []
+    return names
+
+
+def untraced_layers(model: nn.Module) -> list[str]:
+    """Frozen layers whose channel groups are not even traced: the model's ``simprune_untraced_layers()``
+    (a windowed transformer's token stream, whose reshapes make Torch-Pruning's index mapping run out of
+    memory)."""
+    fn = getattr(model, "simprune_untraced_layers", None)
     return list(fn()) if callable(fn) else []
 
 
@@ -250,6 +295,25 @@ def _passes_channel_pad(group: tp.Group) -> bool:
     return False
 
 
+def _passes_channel_slice(group: Any) -> bool:
+    """Whether the group's channels go through a slice that cuts the channel dimension (``x[:, 0:c]``): the
+    bounds are constants in the model's code, so pruning those channels breaks its forward (ReXNet's partial
+    residual add)."""
+    for item in group:
+        for node in (item.dep.source, item.dep.target):
+            op = node.module
+            if not isinstance(op, tp.ops._SliceOp):  # noqa: SLF001 (Torch-Pruning's traced slice node)
+                continue
+            sizes = getattr(op.grad_fn, "_saved_self_sym_sizes", None)
+            if not sizes:
+                continue
+            rank, dim = len(sizes), op.dim % len(sizes)
+            channel_dims = {1} if rank == 4 else {1, rank - 1}
+            if dim in channel_dims and (op.start > 0 or op.end < int(sizes[dim])):
+                return True
+    return False
+
+
 def _group_members(dg: tp.DependencyGraph, group: Any, n: int) -> tuple[list[str], list[str],
                                                                          list[tuple[str, str, float]], int,
                                                                          dict[str, list[int]]]:
@@ -289,6 +353,8 @@ def _skip_reason(group: Any, out_mods: list[str], frozen: set[str], ignored: set
         return "couples with an ignored layer"
     if _passes_channel_pad(group):
         return "passes through a channel-padding op (option-A shortcut); residual stream kept whole"
+    if _passes_channel_slice(group):
+        return "passes through a fixed channel slice (x[:, a:b]) in the model's code; kept whole"
     if n <= ch_groups:
         return "too few channels"
     return None
@@ -307,6 +373,40 @@ def _consumers(modules: dict[str, nn.Module], in_mods: list[str], order: dict[st
     return consumers
 
 
+def _all_groups(dg: tp.DependencyGraph, ignored_mods: list[nn.Module], skipped: list[dict[str, str]]) -> Iterator[Any]:
+    """Torch-Pruning's ``get_all_groups`` (each prunable root's out-channel group, roots already covered and
+    groups touching an ignored layer's outputs left out), with each trace bounded by :data:`TRACE_BUDGET`: a root
+    whose trace does not close is recorded in ``skipped`` instead of hanging the job."""
+    ignored = {id(m) for m in [*ignored_mods, *dg.IGNORED_LAYERS_IN_TRACING]}
+    visited: set[int] = set()
+    for m in list(dg.module2node):
+        if id(m) in ignored or id(m) in visited or not isinstance(m, PRUNABLE_ROOTS):
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        _TRACE.budget = TRACE_BUDGET
+        try:
+            group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except _TraceBudgetExceeded:
+            _blocked_reason(dg)  # forget what the abandoned trace recorded
+            skipped.append({"layer": _module_name(dg, m) or str(m), "reason": (
+                f"Torch-Pruning's channel trace did not close within {TRACE_BUDGET} dependencies (a loop through "
+                "partial-channel adds or reshapes); kept whole")})
+            continue
+        finally:
+            _TRACE.budget = None
+        prunable = True
+        for item in group:
+            if dg.is_out_channel_pruning_fn(item.dep.handler):
+                visited.add(id(item.dep.target.module))
+                prunable = prunable and id(item.dep.target.module) not in ignored
+        if prunable:
+            yield group
+        else:
+            _blocked_reason(dg)  # the next group must not inherit this one's record
+
+
 def discover_groups(
     model: nn.Module,
     example: torch.Tensor,
@@ -319,12 +419,13 @@ def discover_groups(
     ignored = set(default_ignored(model) if ignored_layers is None else ignored_layers)
     frozen = set(frozen_layers(model))
     order, follow_bn = _execution_order(model, example)
-    ignored_mods = [modules[n] for n in ignored if n in modules]
+    untraced = [n for n in untraced_layers(model) if n in modules and n not in ignored]
+    ignored_mods = [modules[n] for n in (*ignored, *untraced) if n in modules]
 
     specs: list[GroupSpec] = []
     skipped: list[dict[str, str]] = []
     _blocked_reason(dg)
-    for group in dg.get_all_groups(ignored_layers=ignored_mods, root_module_types=PRUNABLE_ROOTS):
+    for group in _all_groups(dg, ignored_mods, skipped):
         blocked = _blocked_reason(dg)  # read first: the traversal that collected this group recorded it
         root = group[0].dep.target.module
         name = _module_name(dg, root)
@@ -358,6 +459,9 @@ def discover_groups(
             spec.feature_point = f"bn:{spec.bn_name}"
         specs.append(spec)
     specs.sort(key=lambda s: order.get(s.name, 1 << 30))
+    skipped += [{"layer": n, "reason": "declared frozen by the model, not traced (simprune_untraced_layers)"}
+                for n in sorted(untraced, key=lambda x: order.get(x, 1 << 30))
+                if isinstance(modules[n], PRUNABLE_ROOTS)]
     return dg, specs, skipped
 
 

@@ -68,8 +68,12 @@ def _torchvision_info(name: str) -> ArchInfo:
         mean, std = tuple(kw.get("mean", mean)), tuple(kw.get("std", std))
         classes = len(weights[0].meta.get("categories") or []) or classes
 
+    # A ViT's position embedding is sized for one image size: build it for the size its weights were trained at
+    # (vit_h_14's only weights are 518 px), so the catalogue's input size and the built model agree.
+    fixed = {"image_size": size} if short.startswith("vit_") else {}
+
     def builder(num_classes: int = classes, in_channels: int = 3) -> nn.Module:
-        model = torchvision.models.get_model(short, weights=None, num_classes=num_classes)
+        model = torchvision.models.get_model(short, weights=None, num_classes=num_classes, **fixed)
         if in_channels != 3:
             replace_first_conv(model, in_channels)
         return _plain_state_dicts(model)
@@ -90,9 +94,16 @@ def _versioned_load(self: nn.Module, state_dict: dict, prefix: str, local_metada
 
 def _plain_state_dicts(model: nn.Module) -> nn.Module:
     """Let ``model`` load plain tensor dicts (no ``_metadata``) where its class demands a version (MNASNet), and
-    declare the layers a torchvision model cannot have pruned (a ViT's residual stream)."""
+    declare the layers a torchvision model cannot have pruned (the token stream of a ViT, Swin or MaxViT)."""
+    from torchvision.models.maxvit import MaxVit
     from torchvision.models.mnasnet import MNASNet
+    from torchvision.models.swin_transformer import SwinTransformer
     from torchvision.models.vision_transformer import VisionTransformer
+
+    windowed_prunable = {
+        SwinTransformer: ("mlp.0",),
+        MaxVit: ("conv_a.0", "conv_b.0", "squeeze_excitation.fc1", "squeeze_excitation.fc2", "mlp_layer.1"),
+    }
 
     if isinstance(model, MNASNet):
         model._load_from_state_dict = types.MethodType(_versioned_load, model)  # type: ignore[method-assign]
@@ -101,6 +112,14 @@ def _plain_state_dicts(model: nn.Module) -> nn.Module:
         # ``hidden_dim`` and nn.MultiheadAttention to its ``embed_dim``, so that stream is kept whole and the
         # MLPs' hidden layers are what gets pruned.
         model.simprune_frozen_layers = lambda: ["conv_proj"]  # type: ignore[assignment]
+    elif isinstance(model, SwinTransformer | MaxVit):
+        # Windowed attention reshapes the token stream into windows and heads: Torch-Pruning's index mapping
+        # through those reshapes grows with channels x tokens (tens of GB). Every layer writing the stream or
+        # the heads is kept whole; the MLPs' hidden layers (and MaxViT's MBConv expansions) are pruned.
+        allowed = windowed_prunable[type(model)]
+        frozen = [n for n, m in model.named_modules()
+                  if isinstance(m, nn.Linear | nn.Conv2d) and not n.endswith(allowed)]
+        model.simprune_untraced_layers = lambda: frozen  # type: ignore[assignment]
     return model
 
 
