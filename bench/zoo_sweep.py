@@ -148,8 +148,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         red = "" if r["flops_reduction"] is None else f"{100 * r['flops_reduction']:.1f}"
         lines.append(f"| {r['arch']} | {r.get('input', '')} | {r['result'].replace('|', '/')} | {red} | "
                      f"{r['seconds']} |")
+    def count(prefix: str) -> str:
+        mine = [r for r in rows if r["arch"].startswith(prefix)]
+        return f"{sum(r['result'] == 'works' for r in mine)} of {len(mine)}"
+
     works = sum(r["result"] == "works" for r in rows)
-    lines.append(f"\n{works}/{len(rows)} work.")
+    lines.append(f"\n**{works} of {len(rows)} work**: {count('torchvision/')} torchvision classification builders, "
+                 f"{count('timm/')} sampled timm models.")
     return "\n".join(lines)
 
 
@@ -167,6 +172,7 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out; run only the others")
     p.add_argument("--rerun", nargs="*", default=[], help="with --resume: glob patterns of rows to run again")
     p.add_argument("--order", nargs="*", default=[], help="glob patterns run first (the rest in catalogue order)")
+    p.add_argument("--table-only", action="store_true", help="print the table of the rows in --out; run nothing")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -179,6 +185,10 @@ def main() -> None:
         return
     names = architectures(args.only)
     done: dict[str, dict[str, Any]] = {}
+    if args.table_only:
+        rows = {r["arch"]: r for r in json.loads(args.out.read_text())} if args.out and args.out.is_file() else {}
+        print(table([rows[n] for n in names if n in rows]))
+        return
     if args.resume and args.out and args.out.is_file():
         done = {r["arch"]: r for r in json.loads(args.out.read_text())
                 if not any(fnmatch.fnmatch(r["arch"], pat) for pat in args.rerun)}
