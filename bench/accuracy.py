@@ -129,7 +129,8 @@ def _settings(args: argparse.Namespace, on: bool) -> dict[str, Any]:
 
         r = resolve_preset(args.preset, has_calibration=True)
         return {"allocation": r["allocation"], "compensation": r["compensation"],
-                "allocation_options": r["allocation_options"] or None}
+                "allocation_options": r["allocation_options"] or None,
+                "compensation_options": r["compensation_options"] or None}
     return {"compensation": None if on else {"fold": False, "lstsq": False, "bn": False},
             "compensation_options": {"sequential": True} if on and args.sequential else None,
             "allocation": args.allocation, "allocation_options": json.loads(args.allocation_options) or None}

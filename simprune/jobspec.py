@@ -222,7 +222,8 @@ class JobSpec(_Strict):
 
     def settings(self, has_calibration: bool) -> dict[str, Any]:
         """What the job runs with: its preset (named, or the default) filled in under the explicit allocation,
-        depth and compensation switches: ``{"preset", "allocation", "compensation", "allocation_options"}``."""
+        depth and compensation switches: ``{"preset", "allocation", "compensation", "allocation_options",
+        "compensation_options"}``."""
         from simprune.presets import resolve_preset
 
         allocation = self.allocation

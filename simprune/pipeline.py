@@ -288,7 +288,8 @@ class _JobRun:
         return prune(loaded.model, loaded.example.to(loaded.device), criterion,
                      target_flops_reduction=spec.target_flops_reduction, pruning_ratio=spec.pruning_ratio,
                      calib=loaded.calib, allocation=self.settings["allocation"], round_to=round_to,
-                     compensation=self.settings["compensation"], device=loaded.device,
+                     compensation=self.settings["compensation"],
+                     compensation_options=self.settings["compensation_options"] or None, device=loaded.device,
                      progress=lambda stage, frac: self.at("prune", frac), should_cancel=self.should_cancel,
                      detail=lambda stage, info: self.count("prune", {"step": stage, **info}), **kwargs)
 

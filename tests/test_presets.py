@@ -25,6 +25,7 @@ def test_default_is_best_with_data_and_data_free_without(monkeypatch: pytest.Mon
     assert best["preset"] == "best" and best["allocation"] == "sensitivity"
     assert best["compensation"]["sequential"] and best["compensation"]["block_recon"]
     assert best["allocation_options"] == {"depth": True}
+    assert best["compensation_options"] == {"block_recon_steps": 600, "block_recon_images": 1024}
     free = resolve_preset(None, has_calibration=False)
     assert free["preset"] == "data_free" and not any(free["compensation"].values())
     assert resolve_preset("best", has_calibration=False)["preset"] == "data_free"  # nothing to calibrate on
@@ -40,6 +41,7 @@ def test_each_preset_selects_what_it_says() -> None:
     assert not fast["compensation"]["block_recon"] and fast["compensation"]["lstsq"]
     assert balanced["allocation"] == "sensitivity" and balanced["compensation"]["block_recon"]
     assert not balanced["compensation"]["sequential"] and "depth" not in balanced["allocation_options"]
+    assert balanced["compensation_options"] == {} == fast["compensation_options"]
     names = [p["name"] for p in presets_catalogue()]
     assert names == list(PRESETS) and all(p["summary"] for p in presets_catalogue())
 
@@ -87,6 +89,7 @@ def test_best_job_runs_every_stage_and_says_so(files: dict[str, Path], tmp_path:
     report = _run(files, tmp_path, method="l1", preset="best")
     assert report["preset"] == "best" and report["allocation"] == "sensitivity"
     assert report["compensation_options"]["sequential"] is True
+    assert report["compensation_options"]["block_recon_steps"] == 600  # the preset's longer reconstruction
     assert report["block_recon"]["units"] and report["block_recon"]["mean_error_after"] <= \
         report["block_recon"]["mean_error_before"]
     assert report["block_sensitivity"]  # the depth search weighed every removable block
