@@ -275,3 +275,35 @@ def test_a_trace_that_does_not_close_is_abandoned_not_hung(monkeypatch: pytest.M
         assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 10)
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 16, 16))
     assert len(list(dg.get_all_groups())) > 0  # Torch-Pruning itself is untouched outside discover_groups
+
+
+class _FixedSplit(torch.nn.Module):
+    """CSPNet's shape: the stem's channels split in fixed halves, one half transformed, both concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.part = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.mix = torch.nn.Conv2d(16, 12, 1)
+        self.head = torch.nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.relu(self.stem(x)).split(8, dim=1)
+        y = torch.relu(self.mix(torch.cat([torch.relu(self.part(a)), b], dim=1)))
+        return self.head(y.mean((2, 3)))
+
+
+def test_fixed_channel_splits_keep_their_groups_whole_and_the_rest_prunes(one_thread_module: None) -> None:
+    """Torch-Pruning pruned across fixed-size splits (CSPNet, MixNet, Res2Net, SKNet) and the model no longer
+    ran: a group through a channel split is kept whole with the reason; the others prune."""
+    from simprune.pruning.phases import prune
+
+    torch.manual_seed(0)
+    pruned, report = prune(_FixedSplit().eval(), torch.randn(1, 3, 16, 16), "l1", pruning_ratio=0.5)
+    reasons = {s["layer"]: s["reason"] for s in report["skipped_groups"]}
+    assert "channel split" in reasons["stem"], reasons
+    # Torch-Pruning's trace couples ``part``'s outputs with the stem's through the split and the concat: kept too
+    assert [layer["layer"] for layer in report["plan"]["layers"]] == ["mix"]
+    assert (pruned.stem.out_channels, pruned.part.out_channels, pruned.mix.out_channels) == (16, 8, 6)
+    with torch.no_grad():
+        assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 5)

@@ -307,9 +307,28 @@ def _passes_channel_slice(group: Any) -> bool:
             sizes = getattr(op.grad_fn, "_saved_self_sym_sizes", None)
             if not sizes:
                 continue
-            rank, dim = len(sizes), op.dim % len(sizes)
-            channel_dims = {1} if rank == 4 else {1, rank - 1}
-            if dim in channel_dims and (op.start > 0 or op.end < int(sizes[dim])):
+            dim = op.dim % len(sizes)
+            if dim in _channel_dims(len(sizes)) and (op.start > 0 or op.end < int(sizes[dim])):
+                return True
+    return False
+
+
+def _channel_dims(rank: int) -> set[int]:
+    """The dimensions that hold channels in a tensor of this rank (NCHW; NCL or tokens-last; NC)."""
+    return {1} if rank == 4 else {1, rank - 1}
+
+
+def _passes_channel_split(group: Any) -> bool:
+    """Whether the group's channels go through ``torch.split`` / ``chunk`` / ``unbind`` on the channel
+    dimension: the split sizes are fixed in the model's code (CSPNet's halves, MixNet's kernel groups, Res2Net's
+    scales, SKNet's paths), and Torch-Pruning prunes across the pieces without keeping them consistent."""
+    for item in group:
+        for node in (item.dep.source, item.dep.target):
+            if not isinstance(node.module, tp.ops._SplitOp | tp.ops._UnbindOp):  # noqa: SLF001
+                continue
+            fn = getattr(node, "grad_fn", None)
+            sizes, dim = getattr(fn, "_saved_self_sym_sizes", None), getattr(fn, "_saved_dim", None)
+            if sizes and dim is not None and dim % len(sizes) in _channel_dims(len(sizes)):
                 return True
     return False
 
@@ -355,6 +374,8 @@ def _skip_reason(group: Any, out_mods: list[str], frozen: set[str], ignored: set
         return "passes through a channel-padding op (option-A shortcut); residual stream kept whole"
     if _passes_channel_slice(group):
         return "passes through a fixed channel slice (x[:, a:b]) in the model's code; kept whole"
+    if _passes_channel_split(group):
+        return "passes through a channel split (torch.split / chunk) with sizes fixed in the model's code; kept whole"
     if n <= ch_groups:
         return "too few channels"
     return None
