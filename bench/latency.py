@@ -34,7 +34,8 @@ provider with ``--threads``). Compile time is spent in the warm-up, not timed. `
 without CUDA fails with one line (exit code 2).
 
 ``--target-speedup S``: per architecture, a device profile is measured in the same run (``--device``, batch
-``--profile-batch``, ``--profile-budget-s``; :func:`simprune.profiling.measure_profile`), the model is pruned
+``--profile-batch``, ``--profile-budget-s``, ``--profile-dtype``, ``--profile-channels-last``, ``--profile-repeats``;
+:func:`simprune.profiling.measure_profile`: time the precision and layout that will be deployed), the model is pruned
 with ``target_speedup=S`` and that profile (variant ``speedup``, with ``predicted_speedup``), and, for
 comparison, with simprune's FLOPs-targeted default at the same FLOPs reduction (variant ``flops``, no rounding);
 then dense and both are timed as above. ``--allocation sensitivity --depth`` lets the latency allocation drop
@@ -255,7 +256,6 @@ def build_speedup_variants(arch: str, args: argparse.Namespace, log: Callable[[s
                            ) -> tuple[list[Variant], tuple[int, ...], int]:
     """Dense, pruned to ``--target-speedup`` with a profile measured here, and the FLOPs-targeted default at the
     same FLOPs reduction."""
-    import simprune
     from simprune.profiling import ProfileSettings, measure_profile
     from simprune.zoo import build_model, get_arch
 
@@ -266,7 +266,8 @@ def build_speedup_variants(arch: str, args: argparse.Namespace, log: Callable[[s
     macs, params = count_macs(dense, example)
     t0 = time.perf_counter()
     result = measure_profile(dense, arch, info.input_size, args.device, ProfileSettings(
-        batch_size=args.profile_batch, budget_s=args.profile_budget_s, threads=args.threads))
+        batch_size=args.profile_batch, budget_s=args.profile_budget_s, threads=args.threads,
+        dtype=args.profile_dtype, channels_last=args.profile_channels_last, repeats=args.profile_repeats))
     profile = result.profile
     log(f"  {arch} profile: {len(profile.groups)} groups, {len(profile.blocks)} blocks, round_to {profile.round_to}, "
         f"{result.seconds:.0f}s; checks " + ", ".join(f"{c['predicted_speedup']:.2f}x predicted / "
@@ -276,14 +277,16 @@ def build_speedup_variants(arch: str, args: argparse.Namespace, log: Callable[[s
     if args.depth:
         kwargs["allocation_options"] = {"depth": True}
     t1 = time.perf_counter()
-    fast, report = simprune.prune(copy.deepcopy(dense), example, method=args.method, target_speedup=args.target_speedup,
-                                  latency_profile=profile, **kwargs)
+    fast, report, target = prune_to_speedup(dense, example, args, profile, kwargs, log)
     t2 = time.perf_counter()
     reduction = 1.0 - report["flops_after"] / report["flops_before"]
     same_flops, _ = prune_simprune(dense, example, reduction, None, args.method)
     t3 = time.perf_counter()
     variants = [Variant("dense", None, dense, macs, params)]
     extra = {"predicted_speedup": round(report.get("predicted_speedup") or 0.0, 4), "profile_s": round(t1 - t0, 1),
+             "target_speedup_used": target, "profile_groups": len(profile.groups),
+             "profile_blocks": len(profile.blocks),
+             "profile_dense_ms": profile.dense_ms, "profile_fixed_ms": profile.fixed_ms,
              "dropped_blocks": len(report.get("dropped_blocks") or []), "profile_checks": result.checks}
     same = {"target_flops_reduction": round(reduction, 4)}
     for name, model, rt, dt, ex in (("speedup", fast, report.get("round_to"), t2 - t1, extra),
@@ -293,6 +296,27 @@ def build_speedup_variants(arch: str, args: argparse.Namespace, log: Callable[[s
         variants.append(Variant(name, rt, model, p_macs, p_params, dt, ex))
         log(f"  {arch} {name}: FLOPs ratio {macs / p_macs:.3f} (pruned in {dt:.1f}s)")
     return variants, tuple(info.input_size), info.num_classes
+
+
+def prune_to_speedup(dense: nn.Module, example: torch.Tensor, args: argparse.Namespace, profile: Any,
+                     kwargs: dict[str, Any], log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any], float]:
+    """``dense`` pruned to ``--target-speedup`` with ``profile`` (on ``--device``); when the profile says that
+    target is out of reach, the next lower of 90%, 80%, ... of it (not below 1.1x), logged: a run on a lent
+    machine still measures the speed that can be had."""
+    import simprune
+    from simprune.errors import InputError
+
+    target = float(args.target_speedup)
+    steps = [round(target * f, 3) for f in (1.0, 0.9, 0.8, 0.7, 0.6)]
+    for t in [s for s in steps if s >= 1.1] or [target]:
+        try:
+            fast, report = simprune.prune(copy.deepcopy(dense), example, method=args.method, target_speedup=t,
+                                          latency_profile=profile, device=args.device, **kwargs)
+            return fast, report, t
+        except InputError as exc:
+            log(f"  target speedup {t:g}x: {exc}")
+            last = exc
+    raise last
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -315,13 +339,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             variants, input_size, _ = build_variants(arch, round_tos, methods, args.target, args.method, log)
         for fmt, mode in formats:
             fmt = "channels_last" if "-cl" in mode else fmt
-            models = [deploy(v.model, mode, device, fmt, input_size) for v in variants]
+            timed = [v for i, v in enumerate(variants) if i == 0 or not mode.endswith("compile")
+                     or not args.compiled_variants or v.name in args.compiled_variants]
+            models = [deploy(v.model, mode, device, fmt, input_size) for v in timed]
             for batch in args.batches:
                 x = deploy_input(torch.randn(batch, *input_size), mode, device, fmt)
                 log(f"{arch} {fmt} {mode} batch {batch}: timing {len(models)} models")
                 times = time_round_robin(models, x, args.warmup, args.repeats, args.budget_s, device)
                 rows += [_row(arch, batch, fmt, mode, v, ts, variants[0], times[0])
-                         for v, ts in zip(variants, times, strict=True)]
+                         for v, ts in zip(timed, times, strict=True)]
+                if args.out:  # what is measured survives a run cut short (a time limit on a lent machine)
+                    write_doc(args.out, {"config": _config(args, methods), "rows": rows, "partial": True})
             del models
     return {"config": _config(args, methods), "rows": rows}
 
@@ -464,6 +492,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="prune to this speedup with a profile measured in the same run (and the FLOPs default)")
     p.add_argument("--profile-batch", type=int, default=1, help="batch size of that profile")
     p.add_argument("--profile-budget-s", type=float, default=300.0, help="time budget of that profile")
+    p.add_argument("--profile-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="precision that profile times (match the deployment mode: bfloat16 for the bf16 modes)")
+    p.add_argument("--profile-channels-last", action="store_true", help="that profile in channels_last")
+    p.add_argument("--compiled-variants", nargs="*", default=None,
+                   help="in the compile modes, time only these variants besides dense (compiling takes a while "
+                        "per model), e.g. 'speedup'")
+    p.add_argument("--profile-repeats", type=int, default=60, help="timed rounds per profile variant at most")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "global", "sensitivity"],
                    help="allocation of the --target-speedup pruning")
     p.add_argument("--depth", action="store_true", help="with --allocation sensitivity: also drop residual blocks")
@@ -496,9 +531,16 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(doc)
     print(table)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**doc, "markdown": table}, indent=2, default=str))
+        write_doc(args.out, {**doc, "markdown": table})
     return 0
+
+
+def write_doc(out: Path, doc: dict[str, Any]) -> None:
+    """Write the json document (its folder created), replacing the file atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

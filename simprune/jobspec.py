@@ -104,7 +104,8 @@ class JobSpec(_Strict):
                                   "needs calibration data.")
     depth: bool | None = Field(default=None, description="With allocation 'sensitivity': also weigh dropping whole "
                         "residual blocks (where the architecture allows) against narrowing layers.")
-    round_to: int | None = Field(default=None, ge=1, le=1024, description="Keep channel counts multiples of N.")
+    round_to: int | None = Field(default=None, ge=1, le=1024, description=(
+        "Keep channel counts multiples of N. Default: 8 when the worker prunes on CUDA, none on CPU (1: none)."))
     compensation: dict[Literal["fold", "lstsq", "bn", "block_recon", "sequential"], bool] | None = Field(
         default=None, description="Compensation switches with calibration data: fold, lstsq, bn (on by default) "
         "and sequential (off: select and re-fit group by group).")

@@ -44,6 +44,7 @@ class ProfileEnvironment(_Strict):
     platform: str = Field(default="", max_length=200)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     mode: Literal["eager", "compile", "onnxruntime"] = "eager"
+    channels_last: bool = False
 
 
 class GroupLatency(_Strict):

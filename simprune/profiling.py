@@ -60,6 +60,7 @@ ROUND_TOLERANCE = 0.03
 BUDGET_SHARES = {"round_to": 0.1, "groups": 0.6, "blocks": 0.15}
 """Shares of the time left when each phase starts (the fixed-cost variant and the checks take the rest)."""
 PROFILE_CACHE_ENV = "SIMPRUNE_PROFILE_CACHE"
+PROFILE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WORKER_CUDA_BATCH = 32
 """Batch size of a worker profile measured on CUDA (batch 1 on CPU)."""
 
@@ -80,6 +81,16 @@ class ProfileSettings:
     checks: int = 2
     seed: int = 0
     calibrate: bool = True
+    dtype: str = "float32"
+    """Precision of the timed models: ``float32``, ``bfloat16`` or ``float16`` (time what will be deployed)."""
+    channels_last: bool = False
+    """Time the models and inputs in channels_last memory format (the usual layout for bf16 convs on GPUs)."""
+
+    def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a torch dtype; a clear error for anything else."""
+        if self.dtype not in PROFILE_DTYPES:
+            raise ValueError(f"profile dtype {self.dtype!r}: use one of {', '.join(PROFILE_DTYPES)}")
+        return PROFILE_DTYPES[self.dtype]
 
 
 @dataclass
@@ -116,11 +127,21 @@ class _Bench:
     def left(self) -> float:
         return max(0.0, self.deadline - time.perf_counter())
 
+    def place(self, module: nn.Module) -> nn.Module:
+        """``module`` on the profile's device, in its dtype and memory format, in eval mode."""
+        module = module.to(self.device, dtype=self.settings.torch_dtype())
+        return (module.to(memory_format=torch.channels_last) if self.settings.channels_last else module).eval()
+
+    def place_input(self, x: torch.Tensor) -> torch.Tensor:
+        """An input tensor as :meth:`place` puts the models."""
+        x = x.to(self.device, dtype=self.settings.torch_dtype())
+        return x.contiguous(memory_format=torch.channels_last) if self.settings.channels_last and x.dim() == 4 else x
+
     def saving_ms(self, variant: nn.Module, budget_s: float) -> float | None:
         """Time the variant saves (ms): ``dense_ms * (1 - fastest variant round / fastest dense round)``, the two
         timed interleaved over the same rounds, so that load slowing the whole cell cancels in the ratio; None
         when it does not fit."""
-        variant = variant.to(self.device).eval()
+        variant = self.place(variant)
         with torch.inference_mode():
             times, why = time_interleaved([lambda: self.dense(self.x), lambda: variant(self.x)], self.device,
                                           self.settings.warmup, self.settings.repeats, budget_s)
@@ -270,8 +291,8 @@ def measure_round_to(bench: _Bench, budget_s: float) -> tuple[int | None, dict[i
     for i, (spec, in_shape) in enumerate(layers):
         centre = max(2 * top, (spec.n_channels // 2) // top * top)
         counts = sorted({k for k in range(centre - top, centre + top + 1) if 0 < k <= spec.n_channels})
-        models = [_micro(spec, k, in_shape).to(bench.device) for k in counts]
-        x = torch.randn(*in_shape, device=bench.device)
+        models = [bench.place(_micro(spec, k, in_shape)) for k in counts]
+        x = bench.place_input(torch.randn(*in_shape))
         share = max(0.0, deadline - time.perf_counter()) / (len(layers) - i)
         with torch.inference_mode():
             times, why = time_interleaved([lambda m=m, x=x: m(x) for m in models], bench.device, 1,
@@ -451,10 +472,11 @@ def _setup(model: nn.Module, input_size: Sequence[int], device: torch.device, se
     base = copy.deepcopy(model).cpu().eval()
     example = torch.zeros(1, *input_size)
     dg, specs, _ = discover_groups(base, example)
-    dense = copy.deepcopy(base).to(device).eval()
-    x = torch.randn(settings.batch_size, *input_size, device=device)
-    return _Bench(base=base, dense=dense, dg=dg, specs=specs, device=device, example=example, x=x, settings=settings,
-                  deadline=time.perf_counter() + settings.budget_s, progress=progress)
+    bench = _Bench(base=base, dense=base, dg=dg, specs=specs, device=device, example=example, x=example,
+                   settings=settings, deadline=time.perf_counter() + settings.budget_s, progress=progress)
+    bench.dense = bench.place(copy.deepcopy(base))
+    bench.x = bench.place_input(torch.randn(settings.batch_size, *input_size))
+    return bench
 
 
 def _dense_ms(bench: _Bench) -> float:
@@ -490,6 +512,7 @@ def measure_profile(model: nn.Module, arch: str, input_size: Sequence[int], devi
     ``input_size`` is one sample's shape (C, H, W); the weights do not matter (timing only). ``progress(stage,
     fraction)`` follows the phases (fraction of the whole measurement)."""
     settings = settings or ProfileSettings()
+    settings.torch_dtype()  # an unknown dtype fails before any work
     device = torch.device(device)
     notify = progress or (lambda stage, frac: None)
 
@@ -522,7 +545,8 @@ def measure_profile(model: nn.Module, arch: str, input_size: Sequence[int], devi
         env = ProfileEnvironment(device_type="cuda" if device.type == "cuda" else "cpu",
                                  device_name=device_name(device)[:200],
                                  threads=threads if device.type == "cpu" else None, torch=torch.__version__,
-                                 onnxruntime=onnxruntime_version(), platform=_platform())
+                                 onnxruntime=onnxruntime_version(), platform=_platform(), dtype=settings.dtype,
+                                 channels_last=settings.channels_last)
         profile = DeviceProfile(
             arch=arch, input_size=tuple(int(v) for v in input_size), batch_size=settings.batch_size,
             environment=env, created=datetime.now(timezone.utc), dense_ms=round(bench.dense_ms, 5),

@@ -107,3 +107,23 @@ def test_cli_profile_writes_a_valid_file(tmp_path: Path, one_thread_module: None
     assert "check:" in res.output and "predicted" in res.output and json.loads(out.read_text())["groups"]
     bad = CliRunner().invoke(app, ["profile", "--arch", "no_such_arch", "--out", str(tmp_path / "x.json")])
     assert bad.exit_code == 2 and "unknown architecture" in bad.output
+
+
+def test_profile_in_the_deployed_precision_and_layout(tmp_path: Path, one_thread_module: None) -> None:
+    """bf16 + channels_last (what GPUs deploy): the models are timed that way and the environment says so."""
+    from simprune.cli import local
+
+    torch.manual_seed(0)
+    tiny = build_model("cifar_resnet20").eval()
+    res = measure_profile(tiny, "cifar_resnet20", (3, 8, 8), "cpu", ProfileSettings(
+        repeats=3, budget_s=15, threads=1, checks=0, round_candidates=(), dtype="bfloat16", channels_last=True))
+    env = res.profile.environment
+    assert env.dtype == "bfloat16" and env.channels_last and res.profile.groups
+    assert next(iter(tiny.parameters())).dtype == torch.float32  # the caller's model is left as it was
+    with pytest.raises(ValueError, match="profile dtype"):
+        measure_profile(tiny, "cifar_resnet20", (3, 8, 8), "cpu", ProfileSettings(dtype="int8"))
+    app = typer.Typer()
+    local.register(app)
+    bad = CliRunner().invoke(app, ["profile", "--arch", "cifar_resnet20", "--dtype", "float64",
+                                   "--out", str(tmp_path / "p.json")])
+    assert bad.exit_code == 2 and "--dtype" in bad.output

@@ -79,6 +79,17 @@ def test_round_to_makes_channel_multiples() -> None:
     assert abs(report["flops_reduction"] - 0.4) <= 0.05  # coarse steps: 8-channel multiples of 16..64
 
 
+def test_round_to_defaults_per_device() -> None:
+    from simprune.pruning.phases import default_round_to
+
+    assert default_round_to(torch.device("cuda")) == 8  # tensor cores (measured on an H200, BENCHMARKS.md)
+    assert default_round_to(torch.device("cpu")) is None
+    model = build_model("cifar_resnet20").eval()  # on CPU: unrounded counts stay possible
+    _, report = simprune.prune(model, torch.randn(1, 3, 32, 32), "l1", target_flops_reduction=0.4)
+    assert report["round_to"] is None
+    assert any(r["channels_after"] % 8 for r in report["per_layer"])
+
+
 def test_pruning_ratio_and_ignored_layers() -> None:
     model = build_model("cifar_vgg16_bn").eval()
     x = torch.randn(1, 3, 32, 32)

@@ -293,21 +293,28 @@ def profile(
     round_to: Annotated[bool, typer.Option("--round-to/--no-round-to", help="measure the fastest channel "
                                                                              "multiple")] = True,
     checks: Annotated[int, typer.Option(help="random prunings measured against the prediction")] = 2,
+    dtype: Annotated[str, typer.Option(help="precision timed: float32 | bfloat16 | float16 (as deployed)")] = "float32",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="time in channels_last memory format")] = False,
+    repeats: Annotated[int, typer.Option(help="timed rounds per variant at most (fewer when over budget)")] = 60,
 ) -> None:
     """Measure a device profile on this machine: dense latency, each group at a ladder of widths, each removable
     block dropped, the fixed cost and the fastest channel multiple (for --target-speedup jobs)."""
     from simprune.device import select_device
     from simprune.profiles import save_profile
-    from simprune.profiling import ROUND_CANDIDATES, ProfileSettings, measure_profile
+    from simprune.profiling import PROFILE_DTYPES, ROUND_CANDIDATES, ProfileSettings, measure_profile
 
-    if batch_size < 1 or budget_s <= 0 or checks < 0 or (threads is not None and threads < 1):
-        fail("--batch-size and --threads must be at least 1, --budget-s positive, --checks not negative")
+    if batch_size < 1 or budget_s <= 0 or checks < 0 or repeats < 3 or (threads is not None and threads < 1):
+        fail("--batch-size and --threads must be at least 1, --repeats at least 3, --budget-s positive, "
+             "--checks not negative")
+    if dtype not in PROFILE_DTYPES:
+        fail(f"--dtype {dtype}: use one of {', '.join(PROFILE_DTYPES)}")
     try:
         dev = select_device(device)
         name, model, size = _profile_model(arch, weights)
         size = tuple(input_size) if input_size else size
         settings = ProfileSettings(batch_size=batch_size, budget_s=budget_s, threads=threads, checks=checks,
-                                   round_candidates=ROUND_CANDIDATES if round_to else ())
+                                   round_candidates=ROUND_CANDIDATES if round_to else (), dtype=dtype,
+                                   channels_last=channels_last, repeats=repeats)
         with progress_bar(f"profile {name} on {dev}") as update:
             result = measure_profile(model, name, size, dev, settings, progress=update)
     except SimpruneError as exc:
@@ -320,7 +327,8 @@ def _profile_summary(result: Any, out: Path) -> None:
     p = result.profile
     env = p.environment
     lines = [f"{p.arch} {tuple(p.input_size)} batch {p.batch_size} on {env.device_name} ({env.device_type}"
-             + (f", {env.threads} threads" if env.threads else "") + f"): dense {p.dense_ms:.3f} ms, fixed "
+             + (f", {env.threads} threads" if env.threads else "") + f", {env.dtype}"
+             + (", channels_last" if env.channels_last else "") + f"): dense {p.dense_ms:.3f} ms, fixed "
              f"{p.fixed_ms:.3f} ms",
              f"round_to {p.round_to}" + (" (time per channel relative to the best: "
                                          + ", ".join(f"{m}: {v:.3f}" for m, v in result.round_scores.items())
