@@ -316,6 +316,14 @@ def _run_jobs(args: argparse.Namespace, url: str, db: Path, doc: dict[str, Any])
             doc["pt2"] = {"ran_on": str(out.device), "shape": list(out.shape)}
 
 
+def _tail(path: Path, n: int) -> str:
+    """The last ``n`` characters of a text file ('' when it cannot be read)."""
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
 def service_step(args: argparse.Namespace) -> int:
     """``simprune serve`` with a worker on the device, the job sequence, then SIGTERM: no worker left."""
     data, port = args.work / "svc", _free_port()
@@ -346,6 +354,8 @@ def service_step(args: argparse.Namespace) -> int:
         time.sleep(1)
         doc["workers_left"] = [k for k in kids if Path(f"/proc/{k}").exists()]
         log.close()
+        if "error" in doc:  # why the service did not come up or failed: its own last words
+            doc["service_log_tail"] = _tail(args.work / "service.log", 1500)
     jobs_ok = bool(doc["jobs"]) and all(j["status"] == "succeeded" for j in doc["jobs"])
     doc["ok"] = jobs_ok and "pt2" in doc and not doc["workers_left"] and "error" not in doc
     args.out.write_text(json.dumps(doc, default=str))
