@@ -287,6 +287,7 @@ def build_speedup_variants(arch: str, args: argparse.Namespace, log: Callable[[s
              "target_speedup_used": target, "profile_groups": len(profile.groups),
              "profile_blocks": len(profile.blocks),
              "profile_dense_ms": profile.dense_ms, "profile_fixed_ms": profile.fixed_ms,
+             "measured_rounds": (report.get("latency_target") or {}).get("measured_rounds"),
              "dropped_blocks": len(report.get("dropped_blocks") or []), "profile_checks": result.checks}
     same = {"target_flops_reduction": round(reduction, 4)}
     for name, model, rt, dt, ex in (("speedup", fast, report.get("round_to"), t2 - t1, extra),

@@ -206,6 +206,31 @@ def pruned_copy(base: nn.Module, example: torch.Tensor, keep: dict[str, tuple[in
     return variant
 
 
+def profile_matches(profile: DeviceProfile, device: torch.device) -> bool:
+    """Whether ``profile`` was measured on ``device`` as it runs now (same device type and name; on CPU the same
+    thread count): only then can a pruning choice be measured here against the profile's prediction."""
+    env = profile.environment
+    return (env.device_type == device.type and env.device_name == device_name(device)[:200]
+            and (device.type != "cpu" or env.threads == torch.get_num_threads()))
+
+
+def measured_speedup(base: nn.Module, example: torch.Tensor, keep: dict[str, tuple[int, int]], dropped: Sequence[str],
+                     profile: DeviceProfile, device: torch.device, budget_s: float = 10.0) -> float | None:
+    """``base`` against a copy cut to ``keep`` (name -> (channels, kept)) with the blocks ``dropped`` removed,
+    timed interleaved on ``device`` at the profile's batch, dtype and layout: the ratio of their fastest rounds
+    (None when even a few rounds do not fit ``budget_s``)."""
+    settings = ProfileSettings(batch_size=profile.batch_size, dtype=profile.environment.dtype,
+                               channels_last=profile.environment.channels_last, repeats=30)
+    bench = _Bench(base=base, dense=base, dg=None, specs=[], device=device, example=example, x=example,
+                   settings=settings, deadline=time.perf_counter() + budget_s, progress=lambda stage, frac: None)
+    variant = bench.place(pruned_copy(base, example, keep, dropped))
+    dense = bench.place(copy.deepcopy(base))
+    x = bench.place_input(torch.randn(profile.batch_size, *example.shape[1:]))
+    with torch.inference_mode():
+        times, why = time_interleaved([lambda: dense(x), lambda: variant(x)], device, 2, settings.repeats, budget_s)
+    return None if why else min(times[0]) / min(times[1])
+
+
 def _blocks(model: nn.Module) -> list[Any]:
     """The removable residual blocks (none when this build has no depth pruning)."""
     try:

@@ -251,6 +251,33 @@ def test_latency_target_with_depth_meets_predicted_speedup() -> None:
     assert pruned(calib[:2]).shape == (2, 10)
 
 
+def test_latency_target_is_corrected_by_measurement_on_the_profiled_device() -> None:
+    """A profile taken on this very device: the chosen pruning is timed here and the search aims again when the
+    measured speedup misses the target; the rounds are reported. A profile from elsewhere is not measured."""
+    from simprune.latency import device_name
+
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20").eval()
+    here = _profile(model).model_copy(update={"environment": ProfileEnvironment(
+        device_type="cpu", device_name=device_name(torch.device("cpu")), threads=torch.get_num_threads(),
+        torch=torch.__version__)})
+    x, calib = torch.randn(1, 3, 32, 32), torch.randn(16, 3, 32, 32)
+    kw = {"calib": calib, "allocation": "sensitivity", "compensation": {"fold": False, "lstsq": False, "bn": False}}
+    _, report = simprune.prune(model, x, "l1", target_speedup=1.8, latency_profile=here,
+                               allocation_options={**SMALL_SCAN, "depth": True}, **kw)
+    rounds = report["latency_target"]["measured_rounds"]
+    assert rounds and rounds[0]["aimed_at"] == 1.8 and rounds[0]["measured_speedup"] > 0
+    for before, after in zip(rounds, rounds[1:], strict=False):  # each new aim follows the measured miss
+        if "aimed_at" in after and before.get("measured_speedup"):
+            assert (after["aimed_at"] > before["aimed_at"]) == (before["measured_speedup"] < 1.8)
+    assert len(rounds) <= 4 and report["latency_target"]["target_speedup"] == 1.8
+    _, off = simprune.prune(model, x, "l1", target_speedup=1.8, latency_profile=here,
+                            allocation_options={**SMALL_SCAN, "depth": True, "measure_rounds": 0}, **kw)
+    _, elsewhere = simprune.prune(model, x, "l1", target_speedup=1.8, latency_profile=_profile(model),
+                                  allocation_options={**SMALL_SCAN, "depth": True}, **kw)
+    assert off["latency_target"]["measured_rounds"] == [] == elsewhere["latency_target"]["measured_rounds"]
+
+
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
 def test_latency_target_uniform_and_global(allocation: str) -> None:
     model = build_model("cifar_resnet20").eval()

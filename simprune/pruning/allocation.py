@@ -139,11 +139,16 @@ SENSITIVITY_DEFAULTS: dict[str, object] = {
     "local": "lstsq",
     "damage": None,
     "depth": False,
+    "measure_rounds": 3,
 }
 """``allocation="sensitivity"`` options: calibration images scanned, keep fractions probed per group, the
 smallest fraction of a group's channels ever kept, the scan's local compensation ("lstsq" | "mean"), and
 ``damage``: curves from an earlier scan (a report's ``"sensitivity"``) to reuse instead of scanning again, and
-``depth``: also consider dropping whole residual blocks (their drop damage scanned the same way)."""
+``depth``: also consider dropping whole residual blocks (their drop damage scanned the same way), and
+``measure_rounds``: with a latency target and a profile measured on this very device, the chosen pruning is
+timed here and the target the search aims at corrected by the measured speedup, at most this many times (0: off;
+the profile's single-group savings do not add up exactly and, on a noisy CPU, the search favours the groups
+whose savings noise overstated)."""
 
 
 def _kl(dense_logp: torch.Tensor, logits: torch.Tensor) -> float:

@@ -148,6 +148,8 @@ class PruneRun:
     drop_names: list[str] = field(default_factory=list)
     target_speedup: float | None = None
     profile: DeviceProfile | None = None
+    measured_rounds: list[dict[str, Any]] = field(default_factory=list)
+    measured_choice: float | None = None  # the measured speedup of the pruning chosen by those rounds
     ignored_layers: list[str] | None = None
     dropped: list[dict[str, Any]] = field(default_factory=list)
     block_damage: dict[str, float] = field(default_factory=dict)
@@ -439,12 +441,59 @@ def _allocate_by_sensitivity(run: PruneRun) -> None:
     saving, need = _budget(run, target)
     keep, chosen = budgeted_keep(run.specs, run.sensitivity, saving, need, run.round_to,
                                  float(run.aopts["min_keep_frac"]), blocks)
+    if run.profile is not None:
+        keep, chosen = _correct_by_measurement(run, blocks, keep, chosen)
     run.keep_counts = keep
     if chosen:
         _drop(run, chosen, explicit=False)
     if target is not None:
         run.keep_counts = refine_to_target(run.keep_counts, run.specs, run.flops_model, run.before["flops"],
                                            target, run.round_to)
+
+
+MEASURE_TOLERANCE = 0.03
+"""A measured speedup within 3% of the target ends the correction rounds."""
+
+
+def _correct_by_measurement(run: PruneRun, blocks: list[BlockOption], keep: dict[str, int],
+                            chosen: list[str]) -> tuple[dict[str, int], list[str]]:
+    """With a profile measured on this device: time the chosen pruning here and, while the measured speedup
+    misses the target by more than :data:`MEASURE_TOLERANCE`, search again aiming at ``asked * target /
+    measured`` (the sensitivity scan is reused), at most ``measure_rounds`` times. Returns the least pruned
+    choice that measured at the target, else the fastest one; every round goes to the report."""
+    from simprune.profiling import measured_speedup, profile_matches
+
+    rounds = int(run.aopts.get("measure_rounds") or 0)
+    if rounds <= 0 or not profile_matches(run.profile, run.device):  # type: ignore[arg-type]
+        return keep, chosen
+    goal = float(run.target_speedup)  # type: ignore[arg-type]
+    asked, tried = goal, []
+    try:
+        for i in range(rounds + 1):
+            cut = {s.name: (s.n_channels, keep.get(s.name, s.n_channels)) for s in run.specs}
+            m = measured_speedup(run.work, run.example, cut, chosen, run.profile, run.device)  # type: ignore[arg-type]
+            run.measured_rounds.append({"aimed_at": round(asked, 4), "measured_speedup": None if m is None
+                                        else round(m, 4), "dropped_blocks": len(chosen)})
+            if m is None:
+                break
+            tried.append((asked, m, keep, chosen))
+            if abs(m / goal - 1.0) <= MEASURE_TOLERANCE or i == rounds:
+                break
+            asked = min(max(asked * goal / m, 1.0 + 1e-3), 4.0 * goal)
+            run.target_speedup = asked
+            saving, need = _budget(run, None)
+            keep, chosen = budgeted_keep(run.specs, run.sensitivity, saving, need, run.round_to,
+                                         float(run.aopts["min_keep_frac"]), blocks)
+    except InputError as exc:  # aiming higher is out of reach: keep what was measured
+        run.measured_rounds.append({"aimed_at": round(asked, 4), "error": str(exc)[:300]})
+    finally:
+        run.target_speedup = goal
+    if not tried:
+        return keep, chosen
+    met = [t for t in tried if t[1] >= goal * (1.0 - MEASURE_TOLERANCE)]
+    best = min(met, key=lambda t: t[0]) if met else max(tried, key=lambda t: t[1])
+    run.measured_choice = best[1]
+    return best[2], best[3]
 
 
 def _block_ms_saving(run: PruneRun, name: str) -> float:
@@ -529,7 +578,8 @@ def _allocation(run: PruneRun) -> None:
                                                      run.before["flops"], target)
         run.keep_counts = refine_to_target(keep_counts, run.specs, run.flops_model, run.before["flops"], target,
                                            run.round_to)
-    if run.profile is not None and _predicted_speedup(run, run.keep_counts) < float(run.target_speedup) - 1e-9:
+    if (run.profile is not None and run.measured_choice is None  # measured here: the measurement decides
+            and _predicted_speedup(run, run.keep_counts) < float(run.target_speedup) - 1e-9):
         raise InputError(f"target speedup {run.target_speedup:g}x is out of reach with this profile (its fixed "
                          f"time {run.profile.fixed_ms:g} ms of {run.profile.dense_ms:g} ms cannot be removed)")
     run.stage_done("allocate")
@@ -731,6 +781,8 @@ def _latency_report(run: PruneRun) -> dict[str, Any]:
             "profile": {"arch": prof.arch, "device_type": prof.environment.device_type,
                         "device_name": prof.environment.device_name, "batch_size": prof.batch_size,
                         "input_size": list(prof.input_size), "round_to": prof.round_to},
+            "measured_rounds": run.measured_rounds,
+            "measured_speedup_of_choice": run.measured_choice,
             "groups_missing_from_profile": run.missing_groups,
             "blocks_missing_from_profile": run.missing_blocks,
             "note": "groups and blocks missing from the profile are counted as saving no time",
