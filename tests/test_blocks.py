@@ -295,3 +295,20 @@ def test_latency_target_uniform_and_global(allocation: str) -> None:
         simprune.prune(model, x, "l1", target_speedup=1.3, latency_profile=profile, pruning_ratio=0.2)
     with pytest.raises(InputError, match="out of reach"):
         simprune.prune(model, x, "l1", target_speedup=50.0, latency_profile=profile, allocation=allocation)
+
+
+def test_a_group_saving_out_of_proportion_to_its_flops_is_capped() -> None:
+    """A profile claiming that narrowing one small conv saves 90% of the time (measurement noise): the latency
+    search counts at most twice that group's FLOPs share, so it does not pick that group alone for 2x."""
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20").eval()
+    profile = _profile(model)
+    n = profile.groups["layer1.0.conv1"].channels
+    noisy = {**profile.groups, "layer1.0.conv1": GroupLatency(channels=n, ladder=[(n // 4, 1.0), (n // 2, 1.0)])}
+    profile = profile.model_copy(update={"groups": noisy, "fixed_ms": 0.5})
+    x, calib = torch.randn(1, 3, 32, 32), torch.randn(16, 3, 32, 32)
+    _, report = simprune.prune(model, x, "l1", target_speedup=2.0, latency_profile=profile, calib=calib,
+                               allocation="sensitivity", allocation_options=SMALL_SCAN,
+                               compensation={"fold": False, "lstsq": False, "bn": False})
+    pruned_groups = [r for r in report["per_layer"] if r["channels_after"] < r["channels_before"]]
+    assert len(pruned_groups) > 1 or report["dropped_blocks"]  # more than the one "free" group was needed
