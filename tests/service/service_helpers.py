@@ -88,8 +88,14 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
+ENGINE_TEST_SETTINGS = ("SIMPRUNE_DEFAULT_PRESET", "SIMPRUNE_MEASURE_LATENCY")
+"""Engine operator settings that tests/conftest.py sets to keep jobs small: worker processes get them too."""
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPRUNE_")}
+    """A worker process's environment: ``settings`` as SIMPRUNE_*, no other SIMPRUNE_* of this process except the
+    engine settings that keep test jobs small (:data:`ENGINE_TEST_SETTINGS`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPRUNE_") or k in ENGINE_TEST_SETTINGS}
     env.update({
         "SIMPRUNE_DATA_DIR": str(settings.data_dir), "SIMPRUNE_DATABASE_URL": settings.database_url,
         "SIMPRUNE_BROKER_URL": settings.broker_url, "SIMPRUNE_QUEUE": settings.queue,
