@@ -478,6 +478,7 @@ class _JobRun:
     def latency_summary(self, full: dict[str, Any], loaded: _Loaded) -> None:
         """Predicted vs measured speedup (latency targets) and the warnings on measured speed, into ``full``."""
         from simprune.latency import device_name, latency_warning
+        from simprune.profiling import profile_matches
 
         latency = full.get("latency") or {}
         flops_ratio = full["flops_before"] / full["flops_after"] if full.get("flops_after") else None
@@ -492,9 +493,7 @@ class _JobRun:
 
         prof = self.profile
         threads = latency.get("threads") or torch.get_num_threads()
-        same = (prof.environment.device_type == loaded.device.type
-                and prof.environment.device_name == device_name(loaded.device)
-                and (loaded.device.type != "cpu" or prof.environment.threads == threads))
+        same = profile_matches(prof, loaded.device, threads)
         row = next((r for r in latency.get("rows", []) if r["runtime"] == "eager" and r["batch"] == prof.batch_size),
                    None)
         measured = row["speedup"] if row is not None and same else None

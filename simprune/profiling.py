@@ -92,6 +92,16 @@ class ProfileSettings:
             raise ValueError(f"profile dtype {self.dtype!r}: use one of {', '.join(PROFILE_DTYPES)}")
         return PROFILE_DTYPES[self.dtype]
 
+    def place(self, module: nn.Module, device: torch.device) -> nn.Module:
+        """``module`` on ``device``, in this profile's dtype and memory format, in eval mode."""
+        module = module.to(device, dtype=self.torch_dtype())
+        return (module.to(memory_format=torch.channels_last) if self.channels_last else module).eval()
+
+    def place_input(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """An input tensor as :meth:`place` puts the models."""
+        x = x.to(device, dtype=self.torch_dtype())
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
 
 @dataclass
 class ProfileResult:
@@ -129,13 +139,11 @@ class _Bench:
 
     def place(self, module: nn.Module) -> nn.Module:
         """``module`` on the profile's device, in its dtype and memory format, in eval mode."""
-        module = module.to(self.device, dtype=self.settings.torch_dtype())
-        return (module.to(memory_format=torch.channels_last) if self.settings.channels_last else module).eval()
+        return self.settings.place(module, self.device)
 
     def place_input(self, x: torch.Tensor) -> torch.Tensor:
         """An input tensor as :meth:`place` puts the models."""
-        x = x.to(self.device, dtype=self.settings.torch_dtype())
-        return x.contiguous(memory_format=torch.channels_last) if self.settings.channels_last and x.dim() == 4 else x
+        return self.settings.place_input(x, self.device)
 
     def saving_ms(self, variant: nn.Module, budget_s: float) -> float | None:
         """Time the variant saves (ms): ``dense_ms * (1 - fastest variant round / fastest dense round)``, the two
@@ -206,12 +214,14 @@ def pruned_copy(base: nn.Module, example: torch.Tensor, keep: dict[str, tuple[in
     return variant
 
 
-def profile_matches(profile: DeviceProfile, device: torch.device) -> bool:
+def profile_matches(profile: DeviceProfile, device: torch.device, threads: int | None = None) -> bool:
     """Whether ``profile`` was measured on ``device`` as it runs now (same device type and name; on CPU the same
-    thread count): only then can a pruning choice be measured here against the profile's prediction."""
+    thread count, ``threads`` or torch's current one): only then can a pruning choice be measured here against the
+    profile's prediction."""
     env = profile.environment
+    threads = threads or torch.get_num_threads()
     return (env.device_type == device.type and env.device_name == device_name(device)[:200]
-            and (device.type != "cpu" or env.threads == torch.get_num_threads()))
+            and (device.type != "cpu" or env.threads == threads))
 
 
 def measured_speedup(base: nn.Module, example: torch.Tensor, keep: dict[str, tuple[int, int]], dropped: Sequence[str],
@@ -221,11 +231,9 @@ def measured_speedup(base: nn.Module, example: torch.Tensor, keep: dict[str, tup
     (None when even a few rounds do not fit ``budget_s``)."""
     settings = ProfileSettings(batch_size=profile.batch_size, dtype=profile.environment.dtype,
                                channels_last=profile.environment.channels_last, repeats=30)
-    bench = _Bench(base=base, dense=base, dg=None, specs=[], device=device, example=example, x=example,
-                   settings=settings, deadline=time.perf_counter() + budget_s, progress=lambda stage, frac: None)
-    variant = bench.place(pruned_copy(base, example, keep, dropped))
-    dense = bench.place(copy.deepcopy(base))
-    x = bench.place_input(torch.randn(profile.batch_size, *example.shape[1:]))
+    variant = settings.place(pruned_copy(base, example, keep, dropped), device)
+    dense = settings.place(copy.deepcopy(base), device)
+    x = settings.place_input(torch.randn(profile.batch_size, *example.shape[1:]), device)
     with torch.inference_mode():
         times, why = time_interleaved([lambda: dense(x), lambda: variant(x)], device, 2, settings.repeats, budget_s)
     return None if why else min(times[0]) / min(times[1])

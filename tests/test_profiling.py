@@ -127,3 +127,28 @@ def test_profile_in_the_deployed_precision_and_layout(tmp_path: Path, one_thread
     bad = CliRunner().invoke(app, ["profile", "--arch", "cifar_resnet20", "--dtype", "float64",
                                    "--out", str(tmp_path / "p.json")])
     assert bad.exit_code == 2 and "--dtype" in bad.output
+
+
+def test_profile_matches_only_the_device_and_thread_count_it_was_measured_with(measured) -> None:
+    """A pruning choice is measured against the profile only on the profile's own device and thread count (the
+    report's same-device test and the measured correction share this one check)."""
+    from simprune.profiling import profile_matches
+
+    prof = measured.profile
+    cpu = torch.device("cpu")
+    assert profile_matches(prof, cpu, threads=1)
+    assert not profile_matches(prof, cpu, threads=2)
+    other = prof.model_copy(update={"environment": prof.environment.model_copy(update={"device_name": "other"})})
+    assert not profile_matches(other, cpu, threads=1)
+    cuda = prof.model_copy(update={"environment": prof.environment.model_copy(update={"device_type": "cuda"})})
+    assert not profile_matches(cuda, cpu, threads=1)
+
+
+def test_profile_settings_place_models_and_inputs_in_the_timed_precision_and_layout() -> None:
+    settings = ProfileSettings(dtype="bfloat16", channels_last=True)
+    conv = settings.place(torch.nn.Conv2d(3, 4, 3).train(), torch.device("cpu"))
+    assert conv.weight.dtype == torch.bfloat16 and not conv.training
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = settings.place_input(torch.randn(2, 3, 8, 8), torch.device("cpu"))
+    assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    assert ProfileSettings().place_input(torch.randn(2, 3), torch.device("cpu")).dtype == torch.float32
