@@ -140,6 +140,7 @@ SENSITIVITY_DEFAULTS: dict[str, object] = {
     "damage": None,
     "depth": False,
     "measure_rounds": 3,
+    "latency_model": None,
 }
 """``allocation="sensitivity"`` options: calibration images scanned, keep fractions probed per group, the
 smallest fraction of a group's channels ever kept, the scan's local compensation ("lstsq" | "mean"), and
@@ -148,7 +149,8 @@ smallest fraction of a group's channels ever kept, the scan's local compensation
 ``measure_rounds``: with a latency target and a profile measured on this very device, the chosen pruning is
 timed here and the target the search aims at corrected by the measured speedup, at most this many times (0: off;
 the profile's single-group savings do not add up exactly and, on a noisy CPU, the search favours the groups
-whose savings noise overstated)."""
+whose savings noise overstated), and ``latency_model``: how a latency target's search reads the profile,
+``"pooled"`` or ``"measured"`` (None: pooled for CPU profiles; see :mod:`simprune.pruning.latency_model`)."""
 
 
 def _kl(dense_logp: torch.Tensor, logits: torch.Tensor) -> float:

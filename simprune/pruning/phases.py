@@ -57,6 +57,7 @@ from simprune.pruning.blocks import (
 )
 from simprune.pruning.features import collect_features, first_inputs, iter_inputs, to_channel_group
 from simprune.pruning.groups import FlopsModel, GroupSpec, discover_groups, module_keep
+from simprune.pruning.latency_model import LATENCY_MODELS, LatencyModel, default_latency_model
 from simprune.pruning.report import per_layer_rows
 from simprune.pruning.sequential import prune_sequentially
 from simprune.pruning.surgery import remove_channels
@@ -156,6 +157,7 @@ class PruneRun:
     block_flops: dict[str, int] = field(default_factory=dict)
     missing_groups: list[str] = field(default_factory=list)
     missing_blocks: list[str] = field(default_factory=list)
+    latency_model: LatencyModel | None = None
 
     @property
     def dropped_names(self) -> list[str]:
@@ -217,6 +219,8 @@ def _allocation_options(allocation_options: dict[str, Any] | None, allocation: s
         raise InputError(f"unknown allocation options: {sorted(unknown)}")
     aopts.update(allocation_options or {})
     aopts["depth"] = bool(aopts["depth"])
+    if aopts["latency_model"] not in (None, *LATENCY_MODELS):
+        raise InputError(f"allocation option 'latency_model' must be one of {', '.join(LATENCY_MODELS)}")
     if aopts["depth"] and allocation != "sensitivity":
         raise InputError("allocation option 'depth' needs allocation 'sensitivity' (give drop_blocks to drop "
                          "residual blocks with uniform or global allocation)")
@@ -497,8 +501,7 @@ def _correct_by_measurement(run: PruneRun, blocks: list[BlockOption], keep: dict
 
 
 def _block_ms_saving(run: PruneRun, name: str) -> float:
-    prof = run.profile
-    return prof.dense_ms - prof.blocks[name].ms if prof is not None and name in prof.blocks else 0.0
+    return _latency_model(run).block_saving(name) if run.profile is not None else 0.0
 
 
 def _block_options(run: PruneRun, scan_inputs: torch.Tensor) -> list[BlockOption]:
@@ -517,13 +520,6 @@ def _block_options(run: PruneRun, scan_inputs: torch.Tensor) -> list[BlockOption
     return out
 
 
-GROUP_SAVING_CAP = 2.0
-"""Narrowing a group saves at most this many times its share of the model's FLOPs in time (of the profile's
-dense time). A single-group saving is a small difference of two measured times; on a loaded CPU one lucky round
-made a 16-channel conv of ResNet-56 "save" 25% of the model, and the latency search chose it first. Dropping a
-block (which also removes per-layer overhead) is not capped."""
-
-
 def _budget(run: PruneRun, target: float | None) -> tuple[Callable[[GroupSpec, int], float], float]:
     """What a group saves at a kept count, and the total to save: FLOPs, or predicted ms with a profile."""
     prof = run.profile
@@ -533,20 +529,32 @@ def _budget(run: PruneRun, target: float | None) -> tuple[Callable[[GroupSpec, i
         return (lambda s, k: base - run.flops_model.flops({s.name: k})), need
     need = prof.dense_ms * (1.0 - 1.0 / float(run.target_speedup)) - sum(
         _block_ms_saving(run, n) for n in run.dropped_names)
-    base = run.flops_model.flops({})
+    model = _latency_model(run)
+    return (lambda s, k: model.group_saving(s.name, k)), need
 
-    def ms_saved(s: GroupSpec, k: int) -> float:
-        if s.name not in prof.groups:
-            return 0.0
-        share = (base - run.flops_model.flops({s.name: k})) / run.before["flops"]
-        return min(prof.groups[s.name].saving(prof.dense_ms, k), GROUP_SAVING_CAP * share * prof.dense_ms)
 
-    return ms_saved, need
+def _latency_model(run: PruneRun) -> LatencyModel:
+    """The run's reading of its profile (built once; FLOPs shares from the working model as it is when asked)."""
+    if run.latency_model is None:
+        prof = run.profile
+        names = [b.name for b in removable_blocks(run.work) if b.name in prof.blocks]  # type: ignore[union-attr]
+        _measure_block_flops(run, names)
+        total = float(run.before["flops"])
+
+        def group_share(name: str, kept: int) -> float | None:
+            if all(s.name != name for s in run.specs):
+                return None
+            fm = run.flops_model
+            return (fm.flops({}) - fm.flops({name: kept})) / total  # type: ignore[union-attr]
+
+        run.latency_model = LatencyModel(
+            prof, str(run.aopts.get("latency_model") or default_latency_model(prof)),  # type: ignore[arg-type]
+            group_share, lambda name: run.block_flops[name] / total if name in run.block_flops else None)
+    return run.latency_model
 
 
 def _predicted_speedup(run: PruneRun, keep: dict[str, int]) -> float:
-    prof = run.profile
-    return prof.predicted_speedup(keep, {n for n in run.dropped_names if n in prof.blocks})  # type: ignore[union-attr]
+    return _latency_model(run).predicted_speedup(keep, set(run.dropped_names))
 
 
 def _allocate_for_latency(run: PruneRun) -> None:
@@ -783,12 +791,14 @@ def _latency_report(run: PruneRun) -> dict[str, Any]:
         return {}
     keep = {s.name: run.keep_counts.get(s.name, s.n_channels) for s in run.specs}
     dropped = {n for n in run.dropped_names if n in prof.blocks}
+    model = _latency_model(run)
     return {
-        "predicted_speedup": prof.predicted_speedup(keep, dropped),
+        "predicted_speedup": model.predicted_speedup(keep, dropped),
         "latency_target": {
             "target_speedup": run.target_speedup,
             "dense_ms": prof.dense_ms,
-            "predicted_ms": prof.predict_ms(keep, dropped),
+            "predicted_ms": model.predict_ms(keep, dropped),
+            "latency_model": {"mode": model.mode, "width_factor": model.alpha, "block_factor": model.beta},
             "profile": {"arch": prof.arch, "device_type": prof.environment.device_type,
                         "device_name": prof.environment.device_name, "batch_size": prof.batch_size,
                         "input_size": list(prof.input_size), "round_to": prof.round_to},
