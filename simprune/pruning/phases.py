@@ -540,12 +540,17 @@ def _latency_model(run: PruneRun) -> LatencyModel:
         names = [b.name for b in removable_blocks(run.work) if b.name in prof.blocks]  # type: ignore[union-attr]
         _measure_block_flops(run, names)
         total = float(run.before["flops"])
+        seen: dict[str, Any] = {}  # the base FLOPs and group names, per working model (rebuilt after drops)
 
         def group_share(name: str, kept: int) -> float | None:
-            if all(s.name != name for s in run.specs):
-                return None
             fm = run.flops_model
-            return (fm.flops({}) - fm.flops({name: kept})) / total  # type: ignore[union-attr]
+            if fm is None:
+                return None
+            if seen.get("model") is not fm or seen.get("specs") is not run.specs:
+                seen.update(model=fm, specs=run.specs, names={s.name for s in run.specs}, base=fm.flops({}))
+            if name not in seen["names"]:
+                return None
+            return (seen["base"] - fm.flops({name: kept})) / total
 
         run.latency_model = LatencyModel(
             prof, str(run.aopts.get("latency_model") or default_latency_model(prof)),  # type: ignore[arg-type]
