@@ -25,8 +25,11 @@ from torch import nn
 
 from simprune.errors import JobCancelled
 from simprune.pruning.features import first_inputs
+from simprune.pruning.prefix_cache import PrefixCache
 
 FLOAT_BUDGET = 48_000_000  # floats kept per captured tensor (inputs and targets of one block)
+ONE_PASS_BYTES = 256 * 2**20
+"""Largest activation allowed for capturing all images in one pass (with the prefix caches); else batches."""
 
 
 class _Stop(Exception):
@@ -37,11 +40,11 @@ def _capture(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int, wan
     """The input (``want="in"``) or output (``"out"``) of ``unit`` for all of ``x``, stopping each forward there."""
     got: list[torch.Tensor] = []
 
-    def hook(_m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+    def hook(_m: nn.Module, args: tuple[Any, ...], out: Any = None) -> None:
         got.append((args[0] if want == "in" else out).detach())
         raise _Stop
 
-    handle = unit.register_forward_hook(hook)
+    handle = unit.register_forward_pre_hook(hook) if want == "in" else unit.register_forward_hook(hook)
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch):
@@ -166,12 +169,13 @@ def reconstruct_blocks(
     dense.eval()
     pruned.eval()
     rows: list[dict[str, Any]] = []
+    caches: dict[int, tuple[PrefixCache, PrefixCache]] = {}
     try:
         for i, name in enumerate(todo):
             if should_cancel is not None and should_cancel():
                 raise JobCancelled("cancelled during block reconstruction")
             rows.append(_reconstruct_unit(dense, pruned, d_mods[name], p_mods[name], name, x, steps, lr,
-                                          batch_size, seed + i))
+                                          batch_size, seed + i, caches))
             if progress is not None:
                 progress(i + 1, len(todo))
     finally:
@@ -186,14 +190,30 @@ def reconstruct_blocks(
 
 
 def _reconstruct_unit(dense: nn.Module, pruned: nn.Module, d_unit: nn.Module, p_unit: nn.Module, name: str,
-                      x: torch.Tensor, steps: int, lr: float, batch: int, seed: int) -> dict[str, Any]:
-    """Capture one unit's pruned-model inputs and dense targets (within the float budget), fit, keep if better."""
+                      x: torch.Tensor, steps: int, lr: float, batch: int, seed: int,
+                      caches: dict[int, tuple[PrefixCache, PrefixCache]]) -> dict[str, Any]:
+    """Capture one unit's pruned-model inputs and dense targets (within the float budget), fit, keep if better.
+
+    ``caches`` holds, per image count, prefix caches of both models: units are fitted in execution order, so
+    what runs before a unit is final when the unit is reached and is computed once, not once per unit."""
     probe = _capture(pruned, p_unit, x[:1], 1, "in")
     per_image = max(probe[0].numel(), _capture(dense, d_unit, x[:1], 1, "out")[0].numel())
     n = max(1, min(len(x), FLOAT_BUDGET // max(per_image, 1)))
     xs = x[:n]
-    inp = _capture(pruned, p_unit, xs, 64, "in")
-    target = _capture(dense, d_unit, xs, 64, "out")
+    if n not in caches:
+        caches.clear()  # one image count at a time: the caches hold activations
+        with torch.no_grad():
+            one = max(max(PrefixCache(m, xs[:1]).size.values(), default=0) for m in (pruned, dense))
+            if one * n <= ONE_PASS_BYTES:
+                caches[n] = (PrefixCache(pruned, xs), PrefixCache(dense, xs))
+    if n in caches:
+        with caches[n][0].reuse_before(name):
+            inp = _capture(pruned, p_unit, xs, len(xs), "in")
+        with caches[n][1].reuse_before(name):
+            target = _capture(dense, d_unit, xs, len(xs), "out")
+    else:  # activations too large for one pass over all images: batches of 64, each run up to the unit
+        inp = _capture(pruned, p_unit, xs, 64, "in")
+        target = _capture(dense, d_unit, xs, 64, "out")
     before = _rel_error(p_unit, inp, target, 64)
     saved = {k: v.detach().clone() for k, v in p_unit.state_dict().items()}
     _fit_unit(p_unit, inp, target, steps, lr, batch, seed)

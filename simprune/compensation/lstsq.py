@@ -14,7 +14,8 @@ that BN's running mean (``BN(y + b) = BN'(y)`` with ``running_mean' = running_me
 Efficiency: the calibration images (as many as fit an activation budget) go through both models as one
 batch. The dense pass stores a seeded sample of output positions per fitted layer; the pruned pass fits
 each layer in a forward pre-hook, in execution order, and continues with the corrected weights, so later
-layers see the corrected inputs. One dense and one pruned forward pass in all. Optionally (``bn=True``)
+layers see the corrected inputs. One dense and one pruned forward pass in all, each stopped after the last
+fitted layer (unless BatchNorms are re-estimated, which needs the whole pruned pass). Optionally (``bn=True``)
 the BatchNorms that do not follow a re-fitted layer get their running statistics re-estimated in the same
 pass (their input distribution changed); the BNs after re-fitted layers keep the dense statistics, which
 the re-fitted outputs reproduce.
@@ -26,6 +27,7 @@ their kept output channels, given ``out_keep``), which also corrects the drift o
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from torch import nn
 from simprune.errors import JobCancelled
 from simprune.pruning.features import iter_inputs
 from simprune.pruning.groups import GroupSpec
+from simprune.pruning.prefix_cache import PrefixCache
 
 ACT_BUDGET_BYTES = 96 * 2**20
 """Largest single activation tensor allowed for the one-batch passes; bounds the number of images used."""
@@ -210,34 +213,46 @@ class _Refit:
     def sample_dense(self, dense: nn.Module, targets: list[str], xs: torch.Tensor, max_rows: int,
                      seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)
-        hooks = [self.d_mods[n].register_forward_hook(self._dense_hook(n, gen, max_rows)) for n in targets]
+        left = set(targets)  # the pass stops once every target is sampled (later layers are not needed)
+        hooks = [self.d_mods[n].register_forward_hook(self._dense_hook(n, gen, max_rows, left)) for n in targets]
         try:
             dense(xs)
+        except _Stop:
+            pass
         finally:
             for h in hooks:
                 h.remove()
 
-    def _dense_hook(self, name: str, gen: torch.Generator, max_rows: int) -> Callable[..., None]:
+    def _dense_hook(self, name: str, gen: torch.Generator, max_rows: int, left: set[str]) -> Callable[..., None]:
         def fn(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
             if name in self.samples:
                 return
-            total = _n_positions(out)
-            if total > max_rows:
-                idx = torch.randperm(total, generator=gen)[:max_rows].sort().values.to(out.device)
-            else:
-                idx = torch.arange(total, device=out.device)
-            y = _rows_of_output(out, idx)
-            if name in self.out_keep and out.shape[1] != self.p_mods[name].weight.shape[0]:
-                y = y[:, torch.as_tensor(self.out_keep[name], device=y.device)]
-            self.samples[name] = (idx, y.float())
+            self._sample(name, gen, max_rows, out)
+            left.discard(name)
+            if not left:
+                raise _Stop
 
         return fn
+
+    def _sample(self, name: str, gen: torch.Generator, max_rows: int, out: torch.Tensor) -> None:
+        """Sample ``max_rows`` output positions of layer ``name`` (the regression targets)."""
+        total = _n_positions(out)
+        if total > max_rows:
+            idx = torch.randperm(total, generator=gen)[:max_rows].sort().values.to(out.device)
+        else:
+            idx = torch.arange(total, device=out.device)
+        y = _rows_of_output(out, idx)
+        if name in self.out_keep and out.shape[1] != self.p_mods[name].weight.shape[0]:
+            y = y[:, torch.as_tensor(self.out_keep[name], device=y.device)]
+        self.samples[name] = (idx, y.float())
 
     # pruned pass: fit each layer in a pre-hook, in execution order
 
     def fit_pruned(self, pruned: nn.Module, targets: list[str], xs: torch.Tensor, bn: bool, pos: dict[str, int],
                    first: int | None) -> None:
-        hooks = [self.p_mods[n].register_forward_pre_hook(self._fit_hook(n)) for n in targets]
+        # without BatchNorm re-estimation the pass stops once every sampled target is fitted
+        left = {n for n in targets if n in self.samples} if not bn else None
+        hooks = [self.p_mods[n].register_forward_pre_hook(self._fit_hook(n, left)) for n in targets]
         if bn:
             refit_bns = {self.follow_bn[n] for n in targets if n in self.follow_bn}
             for n, m in self.p_mods.items():
@@ -246,11 +261,13 @@ class _Refit:
                     hooks.append(m.register_forward_pre_hook(_bn_stats_hook))
         try:
             pruned(xs)
+        except _Stop:
+            pass
         finally:
             for h in hooks:
                 h.remove()
 
-    def _fit_hook(self, name: str) -> Callable[..., None]:
+    def _fit_hook(self, name: str, left: set[str] | None) -> Callable[..., None]:
         def fn(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
             if name in self.done or name not in self.samples:
                 return
@@ -258,6 +275,10 @@ class _Refit:
                 raise JobCancelled("cancelled during least-squares reconstruction")
             self.done.add(name)
             self._fit(name, mod, inp[0])
+            if left is not None:
+                left.discard(name)
+                if not left:
+                    raise _Stop
 
         return fn
 
@@ -316,6 +337,7 @@ def reconstruct_consumers(
     max_rows: int = 24_000,
     max_images: int = MAX_IMAGES,
     seed: int = 0,
+    dense_cache: PrefixCache | None = None,
 ) -> dict[str, Any]:
     """Re-fit layers of ``pruned`` so that they reproduce ``dense``'s outputs on calibration data (in place).
 
@@ -325,6 +347,9 @@ def reconstruct_consumers(
     re-estimate, in the same pass, the BatchNorms that do not directly follow a re-fitted layer. At most
     ``max_rows`` sampled output positions per layer; ``ridge`` is relative to the mean input energy.
     Returns per-layer relative errors before and after the fit, images used, and the seconds taken.
+    ``dense_cache``: a :class:`~simprune.pruning.prefix_cache.PrefixCache` of ``dense`` on the same inputs
+    (callers that re-fit again and again, such as sequential pruning); the dense pass then starts from the
+    cached outputs before the first fitted layer. It is used only when its inputs equal this call's.
     """
     if layers not in ("consumers", "all"):
         raise ValueError("layers must be 'consumers' or 'all'")
@@ -344,7 +369,10 @@ def reconstruct_consumers(
                        should_cancel)
         pos = {n: i for i, n in enumerate(order)}
         targets, first = _fit_targets(order, pos, refit.d_mods, refit.p_mods, specs, layers, out_keep)
-        refit.sample_dense(dense, targets, xs, max_rows, seed)
+        usable = (dense_cache is not None and targets and dense_cache.model is dense
+                  and dense_cache.x.shape == xs.shape and torch.equal(dense_cache.x, xs))
+        with dense_cache.reuse_before(targets[0]) if usable else contextlib.nullcontext():  # type: ignore[union-attr]
+            refit.sample_dense(dense, targets, xs, max_rows, seed)
         refit.fit_pruned(pruned, targets, xs, bn, pos, first)
     finally:
         dense.train(dense_was)

@@ -12,6 +12,7 @@ import torch
 from simprune.errors import InputError, JobCancelled
 from simprune.methods.base import normalize_scores
 from simprune.pruning.groups import FlopsModel, GroupSpec
+from simprune.pruning.prefix_cache import PrefixCache, module_name
 
 
 def _round_keep(spec: GroupSpec, keep: float, round_to: int | None) -> int:
@@ -249,10 +250,20 @@ def _pruned_hook(mod: torch.nn.Module, kind: str, n_channels: int, keep_idx: tor
 def _scan_group(model: torch.nn.Module, modules: dict[str, torch.nn.Module], spec: GroupSpec, x: torch.Tensor,
                 dense_logp: torch.Tensor, select: Callable[[GroupSpec, int], torch.Tensor],
                 fractions: tuple[float, ...] | list[float], round_to: int | None,
-                should_cancel: Callable[[], bool] | None, local: str) -> dict[int, float]:
+                should_cancel: Callable[[], bool] | None, local: str, cache: PrefixCache) -> dict[int, float]:
     """One group's damage curve ``{kept: KL(dense || pruned)}`` (see :func:`sensitivity_scan`)."""
     kind, _, target = spec.feature_point.partition(":")
     mod = modules[target] if kind == "consumer" else spec.root
+    name = target if kind == "consumer" else module_name(model, mod)
+    with cache.reuse_before(name or ""):
+        return _probe_group(model, spec, x, dense_logp, select, fractions, round_to, should_cancel, local, mod,
+                            kind)
+
+
+def _probe_group(model: torch.nn.Module, spec: GroupSpec, x: torch.Tensor, dense_logp: torch.Tensor,
+                 select: Callable[[GroupSpec, int], torch.Tensor], fractions: tuple[float, ...] | list[float],
+                 round_to: int | None, should_cancel: Callable[[], bool] | None, local: str, mod: torch.nn.Module,
+                 kind: str) -> dict[int, float]:
     feat, cons_out = _group_input(model, mod, kind, x)
     mean = feat.float().mean(dim=[d for d in range(feat.dim()) if d != 1])
     refit = (_LocalRefit(mod, feat, cons_out) if local == "lstsq" and kind == "consumer"
@@ -293,7 +304,8 @@ def sensitivity_scan(
     refitted by least squares from the kept inputs to reproduce its dense output; otherwise (``"mean"``, or
     a consumer that cannot be refitted) the removed channels are replaced by their mean, as bias folding
     does. The model is not modified; damages are measured on the logits of ``x``. ``progress(done, total)``
-    counts the probes (one per group and fraction) after each group.
+    counts the probes (one per group and fraction) after each group. The part of the model that runs before a
+    group's feature point is computed once per group (:class:`~simprune.pruning.prefix_cache.PrefixCache`).
     """
     if local not in ("lstsq", "mean"):
         raise InputError("local compensation of the sensitivity scan must be 'lstsq' or 'mean'")
@@ -302,11 +314,11 @@ def sensitivity_scan(
     modules = dict(model.named_modules())
     out: dict[str, dict[int, float]] = {}
     try:
-        dense = model(x)
-        dense_logp = torch.log_softmax(dense.float(), dim=1)
+        cache = PrefixCache(model, x)
+        dense_logp = torch.log_softmax(cache.output.float(), dim=1)
         for i, spec in enumerate(specs):
             out[spec.name] = _scan_group(model, modules, spec, x, dense_logp, select, fractions, round_to,
-                                         should_cancel, local)
+                                         should_cancel, local, cache)
             if progress is not None:
                 progress((i + 1) * len(fractions), len(specs) * len(fractions))
     finally:
@@ -517,11 +529,12 @@ def block_damage_scan(
     model.eval()
     out: dict[str, float] = {}
     try:
-        dense_logp = torch.log_softmax(model(x).float(), dim=1)
+        cache = PrefixCache(model, x)
+        dense_logp = torch.log_softmax(cache.output.float(), dim=1)
         for i, name in enumerate(names):
             if should_cancel and should_cancel():
                 raise JobCancelled("cancelled during the block sensitivity scan")
-            with temporarily_dropped(model, name):
+            with cache.reuse_before(name), temporarily_dropped(model, name):
                 out[name] = _kl(dense_logp, model(x))
             if progress is not None:
                 progress(i + 1, len(names))

@@ -46,8 +46,12 @@ def first_inputs(calib: Any, n: int, device: torch.device | None = None) -> torc
     return torch.cat(xs)
 
 
+class _Stop(Exception):
+    """Raised by a feature hook once every group's features of the batch are saved."""
+
+
 def _feature_hooks(model: nn.Module, specs: list[GroupSpec], store: dict[str, list[torch.Tensor]],
-                   caps: dict[str, int]) -> list[Any]:
+                   caps: dict[str, int], calls: dict[str, int], stop_early: list[bool]) -> list[Any]:
     modules = dict(model.named_modules())
     hooks = []
     for spec in specs:
@@ -59,6 +63,9 @@ def _feature_hooks(model: nn.Module, specs: list[GroupSpec], store: dict[str, li
             cap = caps.setdefault(name, max(8, FEATURE_BUDGET // max(1, t[0].numel())))
             if have < cap:
                 store[name].append(t[: cap - have].detach().float().cpu())
+            calls[name] = calls.get(name, 0) + 1
+            if stop_early[0] and len(calls) == len(store):
+                raise _Stop
 
         if kind == "consumer":
             hooks.append(mod.register_forward_pre_hook(lambda m, inp, s=save: s(inp[0])))
@@ -75,17 +82,28 @@ def collect_features(
     device: torch.device | None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Feature maps each group's consumer receives on the calibration data (capped per group)."""
+    """Feature maps each group's consumer receives on the calibration data (capped per group).
+
+    When the first batch shows each feature point reached once per pass, the later batches' passes stop as
+    soon as every group's features are saved (the rest of the model is not needed)."""
     store: dict[str, list[torch.Tensor]] = {s.name: [] for s in specs}
     caps: dict[str, int] = {}
-    hooks = _feature_hooks(model, specs, store, caps)
+    calls: dict[str, int] = {}
+    stop_early = [False]
+    hooks = _feature_hooks(model, specs, store, caps, calls, stop_early)
     was_training = model.training
     model.eval()
     try:
         for x in iter_inputs(calib, device):
             if should_cancel and should_cancel():
                 raise JobCancelled("cancelled while collecting feature maps")
-            model(x)
+            calls.clear()
+            try:
+                model(x)
+            except _Stop:
+                pass
+            if not stop_early[0]:
+                stop_early[0] = len(calls) == len(store) and all(c == 1 for c in calls.values())
     finally:
         for h in hooks:
             h.remove()

@@ -494,6 +494,16 @@ class FlopsModel:
         self.modules = modules
         self.specs = specs
 
+    @functools.cached_property
+    def base(self) -> int:
+        """MACs per sample with every group whole (the model this FLOPs model was built from)."""
+        return self.flops({})
+
+    @functools.cached_property
+    def group_names(self) -> frozenset[str]:
+        """The names of the groups this model prices."""
+        return frozenset(s.name for s in self.specs)
+
     def flops(self, keep: dict[str, int]) -> int:
         """MACs per sample when group ``name`` keeps ``keep[name]`` channels (absent = all kept)."""
         removed_out: dict[str, float] = {}

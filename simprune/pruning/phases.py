@@ -524,7 +524,7 @@ def _budget(run: PruneRun, target: float | None) -> tuple[Callable[[GroupSpec, i
     """What a group saves at a kept count, and the total to save: FLOPs, or predicted ms with a profile."""
     prof = run.profile
     if prof is None:
-        base = run.flops_model.flops({})  # the working model, after any explicit drops
+        base = run.flops_model.base  # the working model, after any explicit drops
         need = float(target) * run.before["flops"] - (run.before["flops"] - base)  # type: ignore[arg-type]
         return (lambda s, k: base - run.flops_model.flops({s.name: k})), need
     need = prof.dense_ms * (1.0 - 1.0 / float(run.target_speedup)) - sum(
@@ -540,17 +540,12 @@ def _latency_model(run: PruneRun) -> LatencyModel:
         names = [b.name for b in removable_blocks(run.work) if b.name in prof.blocks]  # type: ignore[union-attr]
         _measure_block_flops(run, names)
         total = float(run.before["flops"])
-        seen: dict[str, Any] = {}  # the base FLOPs and group names, per working model (rebuilt after drops)
 
         def group_share(name: str, kept: int) -> float | None:
-            fm = run.flops_model
-            if fm is None:
+            fm = run.flops_model  # rebuilt with the specs after drops; base and names cached on it
+            if fm is None or name not in fm.group_names:
                 return None
-            if seen.get("model") is not fm or seen.get("specs") is not run.specs:
-                seen.update(model=fm, specs=run.specs, names={s.name for s in run.specs}, base=fm.flops({}))
-            if name not in seen["names"]:
-                return None
-            return (seen["base"] - fm.flops({name: kept})) / total
+            return (fm.base - fm.flops({name: kept})) / total
 
         run.latency_model = LatencyModel(
             prof, str(run.aopts.get("latency_model") or default_latency_model(prof)),  # type: ignore[arg-type]

@@ -5,7 +5,8 @@ The one-shot path selects every group's channels on the dense model's feature ma
 feature maps of the model as pruned and re-fitted so far (and, as ``extra["target_features"]``, the dense
 model's maps for the same images, which the ``recon`` criterion reconstructs), then the group is removed
 and its consumers are re-fitted by least squares to the dense outputs before the next group is looked at.
-It costs about three forward passes of the sequential calibration images per group.
+It costs about three forward passes of the sequential calibration images per group, each stopped at the
+group's consumers (the rest of the model is not needed for the selection or the re-fit).
 """
 
 from __future__ import annotations
@@ -16,15 +17,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from simprune.compensation.lstsq import reconstruct_consumers
+from simprune.compensation.lstsq import ACT_BUDGET_BYTES, reconstruct_consumers
 from simprune.errors import JobCancelled
 from simprune.methods.base import ChannelGroup, Criterion, Selection
 from simprune.pruning.features import collect_features, first_inputs
 from simprune.pruning.groups import GroupSpec
+from simprune.pruning.prefix_cache import PrefixCache
 from simprune.pruning.surgery import remove_channels
 
 SEQUENTIAL_IMAGES = 1024
 """Calibration images used for each group's selection and local re-fit."""
+
+
+@torch.no_grad()
+def _dense_cache(dense: nn.Module, xs: torch.Tensor) -> PrefixCache | None:
+    """A prefix cache of the dense model on ``xs`` when least squares passes all of ``xs`` at once (its
+    activation budget), else None."""
+    was = dense.training
+    dense.eval()
+    try:
+        largest = max(PrefixCache(dense, xs[:1]).size.values(), default=0)
+        return PrefixCache(dense, xs) if largest * len(xs) <= ACT_BUDGET_BYTES else None
+    finally:
+        dense.train(was)
 
 
 def prune_sequentially(
@@ -49,6 +64,8 @@ def prune_sequentially(
     xs = first_inputs(calib, n_images, device)
     todo = [s for s in specs if keep_counts[s.name] < s.n_channels]
     dense_feats = collect_features(dense, todo, xs, device, should_cancel)
+    # the dense model never changes: its passes for the re-fits start from outputs computed once
+    dense_cache = _dense_cache(dense, xs)
     opts = {k: v for k, v in (lstsq_options or {}).items() if k in ("ridge", "max_rows", "seed")}
     selections: dict[str, Selection] = {}
     for i, spec in enumerate(todo):
@@ -65,7 +82,8 @@ def prune_sequentially(
         remove_channels(dg, spec.root, sel.keep.tolist())
         selections[spec.name] = sel
         if spec.consumers:
-            reconstruct_consumers(dense, work, [spec], xs, device, should_cancel, layers="consumers", **opts)
+            reconstruct_consumers(dense, work, [spec], xs, device, should_cancel, layers="consumers",
+                                  dense_cache=dense_cache, **opts)
         dense_feats.pop(spec.name, None)
         if progress is not None:
             progress((i + 1) / len(todo))
