@@ -25,7 +25,7 @@ from torch import nn
 
 from simprune.errors import JobCancelled
 from simprune.pruning.features import first_inputs
-from simprune.pruning.prefix_cache import PrefixCache
+from simprune.pruning.prefix_cache import PrefixCache, largest_output_bytes
 
 FLOAT_BUDGET = 48_000_000  # floats kept per captured tensor (inputs and targets of one block)
 ONE_PASS_BYTES = 256 * 2**20
@@ -203,7 +203,7 @@ def _reconstruct_unit(dense: nn.Module, pruned: nn.Module, d_unit: nn.Module, p_
     if n not in caches:
         caches.clear()  # one image count at a time: the caches hold activations
         with torch.no_grad():
-            one = max(max(PrefixCache(m, xs[:1]).size.values(), default=0) for m in (pruned, dense))
+            one = max(largest_output_bytes(m, xs[:1]) for m in (pruned, dense))
             if one * n <= ONE_PASS_BYTES:
                 caches[n] = (PrefixCache(pruned, xs), PrefixCache(dense, xs))
     if n in caches:

@@ -33,28 +33,8 @@ class _Stop(Exception):
     """Raised by a hook to end a capture pass at the changed module."""
 
 
-def _nbytes(out: Any) -> int:
-    if isinstance(out, torch.Tensor):
-        return out.numel() * out.element_size()
-    if isinstance(out, list | tuple):
-        return sum(_nbytes(o) for o in out)
-    if isinstance(out, dict):
-        return sum(_nbytes(o) for o in out.values())
-    return 0
-
-
-def _detach(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return out.detach()
-    if isinstance(out, list | tuple):
-        return type(out)(_detach(o) for o in out) if not hasattr(out, "_fields") else type(out)(
-            *(_detach(o) for o in out))
-    if isinstance(out, dict):
-        return {k: _detach(v) for k, v in out.items()}
-    return out
-
-
 def _tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors in a module output (a tensor, or lists, tuples and dicts of them)."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, list | tuple):
@@ -64,15 +44,25 @@ def _tensors(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def _copy(out: Any) -> Any:
+def _nbytes(out: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in _tensors(out))
+
+
+def _snapshot(out: Any) -> Any:
+    """A detached copy of a module output, same structure (named tuples included)."""
     if isinstance(out, torch.Tensor):
-        return out.clone()
+        return out.detach().clone()
     if isinstance(out, list | tuple):
-        return type(out)(_copy(o) for o in out) if not hasattr(out, "_fields") else type(out)(
-            *(_copy(o) for o in out))
+        items = [_snapshot(o) for o in out]
+        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)
     if isinstance(out, dict):
-        return {k: _copy(v) for k, v in out.items()}
+        return {k: _snapshot(v) for k, v in out.items()}
     return out
+
+
+def largest_output_bytes(model: nn.Module, example: torch.Tensor) -> int:
+    """The largest module output of one pass of ``model`` on ``example``, in bytes."""
+    return max(PrefixCache(model, example).size.values(), default=0)
 
 
 def _parent(name: str) -> str:
@@ -171,7 +161,7 @@ class PrefixCache:
         return forward
 
     def _keep(self, name: str, out: Any) -> None:
-        out = _copy(_detach(out))  # a copy: the rest of this pass may change the original in place
+        out = _snapshot(out)  # a copy: the rest of this pass may change the original in place
         self.store[name] = (out, [t._version for t in _tensors(out)])
 
     def _capture(self, names: list[str], stop_at: str) -> None:

@@ -22,7 +22,7 @@ from simprune.errors import JobCancelled
 from simprune.methods.base import ChannelGroup, Criterion, Selection
 from simprune.pruning.features import collect_features, first_inputs
 from simprune.pruning.groups import GroupSpec
-from simprune.pruning.prefix_cache import PrefixCache
+from simprune.pruning.prefix_cache import PrefixCache, largest_output_bytes
 from simprune.pruning.surgery import remove_channels
 
 SEQUENTIAL_IMAGES = 1024
@@ -36,8 +36,7 @@ def _dense_cache(dense: nn.Module, xs: torch.Tensor) -> PrefixCache | None:
     was = dense.training
     dense.eval()
     try:
-        largest = max(PrefixCache(dense, xs[:1]).size.values(), default=0)
-        return PrefixCache(dense, xs) if largest * len(xs) <= ACT_BUDGET_BYTES else None
+        return PrefixCache(dense, xs) if largest_output_bytes(dense, xs[:1]) * len(xs) <= ACT_BUDGET_BYTES else None
     finally:
         dense.train(was)
 
