@@ -54,7 +54,8 @@ def file_digest(path: Path) -> str:
 def cached_tensors(zip_path: Path, limit: int | None, cache: Path, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode (once) a class-balanced, seeded subset of an ImageFolder zip into normalised tensors."""
     tag = f"_s{seed}" if seed else ""
-    f = cache / f"{zip_path.stem}_{file_digest(zip_path)}_{limit or 'all'}{tag}.pt"
+    # "_mix": the subset in class-interleaved order (simprune.data since 2026-11-27; older caches were sorted by class)
+    f = cache / f"{zip_path.stem}_{file_digest(zip_path)}_{limit or 'all'}{tag}_mix.pt"
     if f.exists():
         d = torch.load(f, weights_only=True)
         return d["x"], d["y"]

@@ -270,10 +270,12 @@ def _detect_format(path: Path) -> str:
 
 
 def _balanced_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """Sorted indices of at most ``limit`` samples, spread evenly over classes; deterministic in ``seed``."""
+    """Indices of at most ``limit`` samples, spread evenly over classes and ordered so that every prefix is too
+    (one sample of each class in turn, classes in a random order each round); deterministic in ``seed``.
+
+    The order matters: the pruning phases read the first few hundred calibration images (the sensitivity scan,
+    feature budgets), and an ImageFolder lists its samples class by class."""
     n = len(labels)
-    if limit >= n:
-        return np.arange(n)
     rng = np.random.default_rng(seed)
     rank = np.empty(n, dtype=np.int64)
     for cls in np.unique(labels):
@@ -281,7 +283,7 @@ def _balanced_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
         rank[rng.permutation(idx)] = np.arange(len(idx))
     tiebreak = rng.random(n)
     order = np.lexsort((tiebreak, rank))
-    return np.sort(order[:limit])
+    return order[:limit]
 
 
 def _parse_size(input_size: int | Sequence[int] | None) -> tuple[int, int] | None:

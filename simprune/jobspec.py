@@ -106,9 +106,10 @@ class JobSpec(_Strict):
                         "residual blocks (where the architecture allows) against narrowing layers.")
     round_to: int | None = Field(default=None, ge=1, le=1024, description=(
         "Keep channel counts multiples of N. Default: 8 when the worker prunes on CUDA, none on CPU (1: none)."))
-    compensation: dict[Literal["fold", "lstsq", "bn", "block_recon", "sequential"], bool] | None = Field(
-        default=None, description="Compensation switches with calibration data: fold, lstsq, bn (on by default) "
-        "and sequential (off: select and re-fit group by group).")
+    compensation: dict[Literal["fold", "lstsq", "bn", "block_recon", "output_recon", "sequential"], bool] | None = (
+        Field(default=None, description="Compensation switches with calibration data (default: the preset's): "
+              "fold, lstsq, bn, sequential (select and re-fit group by group), block_recon (label-free block "
+              "reconstruction) and output_recon (label-free fit of the whole model to the dense model's outputs)."))
     calib_samples: int = Field(default=CALIB_SAMPLES, ge=1, le=1_000_000, description="Calibration samples used.")
     eval_samples: int | None = Field(default=None, ge=1, le=10_000_000, description="Limit evaluation samples.")
     batch_size: int = Field(default=128, ge=1, le=4096, description="Batch size of calibration and evaluation.")

@@ -35,21 +35,26 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "fast": Preset(
         "fast", "uniform widths, one-shot selection, fold + least squares + BatchNorm re-estimation",
-        "uniform", {"fold": True, "lstsq": True, "bn": True, "sequential": False, "block_recon": False}),
+        "uniform", {"fold": True, "lstsq": True, "bn": True, "sequential": False, "block_recon": False,
+                    "output_recon": False}),
     "balanced": Preset(
         "balanced", "widths by measured sensitivity, one-shot selection, least squares, block reconstruction",
-        "sensitivity", {"fold": True, "lstsq": True, "bn": True, "sequential": False, "block_recon": True}),
+        "sensitivity", {"fold": True, "lstsq": True, "bn": True, "sequential": False, "block_recon": True,
+                        "output_recon": False}),
     "best": Preset(
         "best", "widths and residual blocks by measured sensitivity, sequential selection with re-fits, least "
-                "squares, block reconstruction",
-        "sensitivity", {"fold": True, "lstsq": True, "bn": True, "sequential": True, "block_recon": True},
+                "squares, block reconstruction, output reconstruction",
+        "sensitivity", {"fold": True, "lstsq": True, "bn": True, "sequential": True, "block_recon": True,
+                        "output_recon": True},
         {"depth": True},
-        # 600 steps on 1,024 images: +1.6 points over the 200 on 512 of `balanced` on ResNet-20 at 50% FLOPs
-        # (1,500 steps: no further gain); BENCHMARKS.md, "Presets".
+        # block reconstruction, 600 steps on 1,024 images: +1.6 points over the 200 on 512 of `balanced` on
+        # ResNet-20 at 50% FLOPs (1,500 steps: no further gain); output reconstruction (the options' defaults:
+        # 1,000 steps, temperature 4): see BENCHMARKS.md, "Presets" and "Output reconstruction".
         compensation_options={"block_recon_steps": 600, "block_recon_images": 1024}),
     "data_free": Preset(
         "data_free", "no calibration data: uniform widths, the criterion's choice, no compensation",
-        "uniform", {"fold": False, "lstsq": False, "bn": False, "sequential": False, "block_recon": False},
+        "uniform", {"fold": False, "lstsq": False, "bn": False, "sequential": False, "block_recon": False,
+                    "output_recon": False},
         needs_calibration=False),
 }
 

@@ -155,6 +155,10 @@ def test_limit_is_balanced_and_deterministic(image_dir: Path) -> None:
     }
     assert len(seeds) > 1
     assert len(open_dataset(image_dir, mean=MEAN, std=STD, limit=1000)) == 3 * PER_CLASS
+    for limit in (6, 1000):  # every prefix is balanced too: the pruning phases read the first images
+        targets = open_dataset(image_dir, mean=MEAN, std=STD, limit=limit, seed=2).targets
+        for k in range(3, len(targets) + 1, 3):
+            assert Counter(targets[:k]) == {c: k // 3 for c in range(3)}
     with pytest.raises(InputError, match="limit"):
         open_dataset(image_dir, mean=MEAN, std=STD, limit=0)
 

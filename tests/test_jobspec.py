@@ -135,3 +135,15 @@ def test_latency_default_follows_the_operator_setting(monkeypatch: pytest.Monkey
     for off in ("0", "false", "OFF"):
         monkeypatch.setenv("SIMPRUNE_MEASURE_LATENCY", off)
         assert measure_latency_default() is False
+
+
+def test_output_reconstruction_switch() -> None:
+    best = JobSpec(method="l1", target_flops_reduction=0.5, preset="best").settings(has_calibration=True)
+    assert best["compensation"]["output_recon"] and best["compensation"]["block_recon"]
+    off = JobSpec(method="l1", target_flops_reduction=0.5, preset="best", compensation={"output_recon": False})
+    assert off.settings(has_calibration=True)["compensation"]["output_recon"] is False
+    assert _errors(method="l1", target_flops_reduction=0.5, compensation={"distil": True})
+    from simprune.cli.local import _switches
+
+    assert _switches(no_fold=False, no_lstsq=False, no_bn=False, sequential=None, block_recon=None,
+                     output_recon=False) == {"output_recon": False}

@@ -24,6 +24,7 @@ def test_default_is_best_with_data_and_data_free_without(monkeypatch: pytest.Mon
     best = resolve_preset(None, has_calibration=True)
     assert best["preset"] == "best" and best["allocation"] == "sensitivity"
     assert best["compensation"]["sequential"] and best["compensation"]["block_recon"]
+    assert best["compensation"]["output_recon"]
     assert best["allocation_options"] == {"depth": True}
     assert best["compensation_options"] == {"block_recon_steps": 600, "block_recon_images": 1024}
     free = resolve_preset(None, has_calibration=False)
@@ -39,6 +40,7 @@ def test_each_preset_selects_what_it_says() -> None:
     fast, balanced = resolve_preset("fast", has_calibration=True), resolve_preset("balanced", has_calibration=True)
     assert fast["allocation"] == "uniform" and not fast["compensation"]["sequential"]
     assert not fast["compensation"]["block_recon"] and fast["compensation"]["lstsq"]
+    assert not fast["compensation"]["output_recon"] and not balanced["compensation"]["output_recon"]
     assert balanced["allocation"] == "sensitivity" and balanced["compensation"]["block_recon"]
     assert not balanced["compensation"]["sequential"] and "depth" not in balanced["allocation_options"]
     assert balanced["compensation_options"] == {} == fast["compensation_options"]
@@ -93,6 +95,10 @@ def test_best_job_runs_every_stage_and_says_so(files: dict[str, Path], tmp_path:
     assert report["block_recon"]["units"] and report["block_recon"]["mean_error_after"] <= \
         report["block_recon"]["mean_error_before"]
     assert report["block_sensitivity"]  # the depth search weighed every removable block
+    recon = report["output_recon"]  # the whole model fitted to the dense outputs, kept only if it helped
+    # 1,000 steps asked, 72 passes over 42 images allowed (batch 42): a small calibration set gets fewer steps
+    assert recon["steps"] == 72 and recon["held_out_images"] == 6 and isinstance(recon["kept"], bool)
+    assert not recon["kept"] or recon["held_out_loss_after"] <= recon["held_out_loss_before"]
     assert abs(report["flops_reduction"] - 0.4) < 0.02
     assert next(e for e in report["exports"] if e["format"] == "plan")["verified"]
 
@@ -101,3 +107,4 @@ def test_fast_job_skips_the_slow_stages(files: dict[str, Path], tmp_path: Path, 
     report = _run(files, tmp_path, method="l1", preset="fast")
     assert report["preset"] == "fast" and report["allocation"] == "uniform"
     assert report["block_recon"] == {} and report["compensation_options"]["sequential"] is False
+    assert report["output_recon"] == {}

@@ -92,10 +92,10 @@ def _finetune_fields(epochs: int, train_samples: int | None, distill: bool, batc
 
 
 def _switches(*, no_fold: bool, no_lstsq: bool, no_bn: bool, sequential: bool | None,
-              block_recon: bool | None) -> dict[str, bool] | None:
+              block_recon: bool | None, output_recon: bool | None = None) -> dict[str, bool] | None:
     """The compensation switches the command line sets explicitly (the rest come from the preset)."""
     given = {"fold": False if no_fold else None, "lstsq": False if no_lstsq else None, "bn": False if no_bn else None,
-             "sequential": sequential, "block_recon": block_recon}
+             "sequential": sequential, "block_recon": block_recon, "output_recon": output_recon}
     return {k: v for k, v in given.items() if v is not None} or None
 
 
@@ -150,6 +150,9 @@ def prune(
     block_recon: Annotated[bool | None, typer.Option(
         "--block-recon/--no-block-recon", help="label-free block reconstruction after pruning (default: the "
         "preset's)")] = None,
+    output_recon: Annotated[bool | None, typer.Option(
+        "--output-recon/--no-output-recon", help="label-free fit of the whole pruned model to the dense model's "
+        "outputs on the calibration data, last (default: the preset's)")] = None,
     finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs after pruning")] = 0,
     train: Annotated[Path | None, typer.Option(help="training data for fine-tuning")] = None,
     train_samples: Annotated[int | None, typer.Option(help="limit training samples")] = None,
@@ -189,7 +192,7 @@ def prune(
         "calib_samples": calib_samples, "eval_samples": eval_samples, "round_to": round_to,
         "allocation": allocation, "batch_size": batch_size, "seed": seed,
         "compensation": _switches(no_fold=no_fold, no_lstsq=no_lstsq, no_bn=no_bn, sequential=sequential,
-                                  block_recon=block_recon), "preset": preset,
+                                  block_recon=block_recon, output_recon=output_recon), "preset": preset,
         "finetune": _finetune_fields(finetune_epochs, train_samples, distill, batch_size, lr=lr,
                                      optimizer=optimizer, weight_decay=weight_decay),
     }

@@ -227,6 +227,8 @@ def submit(
                                                     help="Compensation: group by group.")] = None,
     block_recon: Annotated[bool | None, typer.Option("--block-recon/--no-block-recon",
                                                      help="Compensation: label-free block reconstruction.")] = None,
+    output_recon: Annotated[bool | None, typer.Option(
+        "--output-recon/--no-output-recon", help="Compensation: label-free output reconstruction.")] = None,
     calib: Annotated[str | None, typer.Option(help="Calibration data: a file or a dataset id.")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval", help="Evaluation data: a file or a dataset id.")] = None,
     train: Annotated[str | None, typer.Option(help="Training data: a file or a dataset id.")] = None,
@@ -269,7 +271,7 @@ def submit(
             raise typer.BadParameter(f"must be a number in [0, 1) or 'auto', got {pruning_ratio!r}",
                                      param_hint="--pruning-ratio") from None
     comp = {k: v for k, v in (("fold", fold), ("lstsq", lstsq), ("bn", bn), ("sequential", sequential),
-                              ("block_recon", block_recon)) if v is not None}
+                              ("block_recon", block_recon), ("output_recon", output_recon)) if v is not None}
     fields: dict[str, Any] = {
         "options": dict(_parse_option(o) for o in option or []), "allocation": allocation, "round_to": round_to,
         "preset": preset, "depth": depth,

@@ -5,6 +5,10 @@
   following BatchNorm), before the channels are cut.
 * :func:`~simprune.compensation.lstsq.reconstruct_consumers`: least-squares re-fit of the consumers on
   calibration data so that they reproduce the dense model's outputs (He et al. 2017, ThiNet).
+* :func:`~simprune.compensation.block_recon.reconstruct_blocks`: label-free block reconstruction (each block
+  fitted by gradient steps to the dense block's output).
+* :func:`~simprune.compensation.output_recon.reconstruct_outputs`: label-free output reconstruction (the whole
+  model fitted to the dense model's softened logits on augmented calibration images, best held-out checkpoint).
 * BatchNorm re-estimation lives in :mod:`simprune.pruning.batchnorm`.
 """
 

@@ -28,6 +28,7 @@ from torch import nn
 from simprune.compensation.block_recon import block_units, reconstruct_blocks
 from simprune.compensation.fold import fold_removed
 from simprune.compensation.lstsq import reconstruct_consumers
+from simprune.compensation.output_recon import reconstruct_outputs
 from simprune.device import select_device
 from simprune.errors import InputError, JobCancelled
 from simprune.flops import count_model
@@ -72,17 +73,21 @@ FLOPS_MISS = 0.03
 """A pruned model whose measured FLOPs reduction is further than this from a FLOPs target gets a report warning
 (the search meets targets within half a point; a wider miss means Torch-Pruning pruned outside the plan)."""
 
-DEFAULT_COMPENSATION = {"fold": True, "lstsq": True, "bn": True, "block_recon": False}
+DEFAULT_COMPENSATION = {"fold": True, "lstsq": True, "bn": True, "block_recon": False, "output_recon": False}
 DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": True, "min_r2": 0.0,
                                                 "sequential": False, "sequential_images": 1024,
                                                 "block_recon_steps": 200, "block_recon_images": 512,
-                                                "block_recon_lr": 2e-3}
+                                                "block_recon_lr": 2e-3, "output_recon_steps": 1000,
+                                                "output_recon_images": 1024, "output_recon_lr": 5e-4,
+                                                "output_recon_temperature": 4.0, "output_recon_batch": 64}
 """Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
 (re-estimate BatchNorms inside the least-squares pass instead of after it), ``min_r2`` (folding threshold),
 ``sequential`` (select, remove and re-fit one group at a time on the pruned model's features, see
 :mod:`simprune.pruning.sequential`; needs least squares), ``sequential_images``, ``block_recon_steps``,
 ``block_recon_images`` and ``block_recon_lr`` (the ``block_recon`` switch: label-free block reconstruction, see
-:mod:`simprune.compensation.block_recon`), and
+:mod:`simprune.compensation.block_recon`), ``output_recon_steps``, ``output_recon_images``, ``output_recon_lr``,
+``output_recon_temperature`` and ``output_recon_batch`` (the ``output_recon`` switch: label-free output
+reconstruction, see :mod:`simprune.compensation.output_recon`), and
 :func:`~simprune.compensation.lstsq.reconstruct_consumers`'s ``ridge``, ``max_rows``, ``max_images``."""
 LSTSQ_OPTIONS = ("layers", "ridge", "max_rows", "max_images", "seed")
 
@@ -142,6 +147,7 @@ class PruneRun:
     plan_layers: list[dict[str, Any]] = field(default_factory=list)
     lstsq_info: dict[str, Any] = field(default_factory=dict)
     block_recon_info: dict[str, Any] = field(default_factory=dict)
+    output_recon_info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     clock: float = 0.0
     detail: DetailFn | None = None
@@ -246,7 +252,7 @@ def _compensation_settings(compensation: dict[str, bool] | None, compensation_op
     unknown_comp = set(given) - set(comp)
     if unknown_comp:
         raise InputError(f"unknown compensation switch(es) {sorted(unknown_comp)}; valid: fold, lstsq, bn, "
-                         "block_recon, sequential")
+                         "block_recon, output_recon, sequential")
     comp.update(given)
     if calib is None:
         comp = {k: False for k in comp}
@@ -304,11 +310,12 @@ def _options(model: nn.Module, method: str | Criterion, *, target_flops_reductio
 
 def _groups(run: PruneRun, model: nn.Module, example_inputs: torch.Tensor, inplace: bool,
             ignored_layers: list[str] | None) -> None:
-    """The working copy (and a dense copy for least squares), its FLOPs and its prunable groups."""
+    """The working copy (and a dense copy for the stages that fit to the dense model), its FLOPs and groups."""
     work = model if inplace else copy.deepcopy(model)
     work.to(run.device).eval()
     run.work = work
-    run.dense = copy.deepcopy(work) if run.comp.get("lstsq") else None
+    needs_dense = any(run.comp.get(k) for k in ("lstsq", "block_recon", "output_recon"))
+    run.dense = copy.deepcopy(work) if needs_dense else None
     run.example = example_inputs.to(run.device)
 
     run.clock = time.perf_counter()
@@ -640,7 +647,7 @@ def _select_one_shot(run: PruneRun) -> None:
 def _selection(run: PruneRun) -> None:
     """Which channels each group keeps."""
     run.progress("select", 0.4)
-    run.sequential = bool(run.copts.get("sequential")) and run.dense is not None
+    run.sequential = bool(run.copts.get("sequential")) and bool(run.comp.get("lstsq")) and run.dense is not None
     if run.sequential:
         _select_sequentially(run)
     else:
@@ -713,6 +720,8 @@ def _compensation(run: PruneRun) -> None:
         _batchnorm(run)
     if run.comp.get("block_recon") and run.dense is not None:
         _block_reconstruction(run)
+    if run.comp.get("output_recon") and run.dense is not None:
+        _output_reconstruction(run)
 
 
 def _block_reconstruction(run: PruneRun) -> None:
@@ -722,8 +731,20 @@ def _block_reconstruction(run: PruneRun) -> None:
         run.dense, run.work, block_units(run.work), run.calib, run.device,
         n_images=int(run.copts["block_recon_images"]), steps=int(run.copts["block_recon_steps"]),
         lr=float(run.copts["block_recon_lr"]), should_cancel=run.should_cancel,
-        progress=lambda done, total: run.count("block_recon", 0.9, 0.98, "blocks reconstructed", done, total))
+        progress=lambda done, total: run.count("block_recon", 0.9, 0.95, "blocks reconstructed", done, total))
     run.stage_done("block_recon")
+
+
+def _output_reconstruction(run: PruneRun) -> None:
+    """Fit the whole pruned model to the dense model's outputs on the calibration images (no labels)."""
+    run.progress("output_recon", 0.95)
+    run.output_recon_info = reconstruct_outputs(
+        run.dense, run.work, run.calib, run.device, n_images=int(run.copts["output_recon_images"]),
+        steps=int(run.copts["output_recon_steps"]), lr=float(run.copts["output_recon_lr"]),
+        temperature=float(run.copts["output_recon_temperature"]), batch_size=int(run.copts["output_recon_batch"]),
+        seed=int(run.copts.get("seed", 0)), should_cancel=run.should_cancel,
+        progress=lambda done, total: run.count("output_recon", 0.95, 0.99, "output reconstruction steps", done, total))
+    run.stage_done("output_recon")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -762,6 +783,7 @@ def _report(run: PruneRun) -> dict[str, Any]:
         "compensation_options": run.copts,
         "lstsq": run.lstsq_info,
         "block_recon": run.block_recon_info,
+        "output_recon": run.output_recon_info,
         "flops_before": before["flops"],
         "flops_after": after["flops"],
         "params_before": before["params"],

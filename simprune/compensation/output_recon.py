@@ -1,0 +1,181 @@
+"""Label-free output reconstruction: fit the whole pruned model to the dense model's outputs (distillation).
+
+After pruning and the per-block compensation, all floating-point parameters of the pruned model take a
+bounded number of Adam steps (linear warm-up, cosine decay) on the calibration images, with the dense model as
+the teacher and no labels:
+
+    KL( softmax(dense(x) / T) || softmax(pruned(x) / T) ) * T^2      (2-D outputs: logits)
+    || pruned(x) - dense(x) ||^2 / mean(dense(x)^2)                   (any other output)
+
+Images are shifted by up to 1/8 of their size (zero padding) and mirrored left-right at random each step
+(``augment``), so a thousand calibration images stand for more. Both models stay in eval mode (BatchNorm
+keeps its running statistics; its affine parameters are fitted). One image in eight is held out (drawn at
+random: calibration sets often come sorted by class): the teacher-student loss on those unseen images is
+checked ten times during the fit and the stage ends with the best checkpoint, or with the model as it came if
+none was better, so it cannot make the model worse at agreeing with the dense one on data it did not fit. With
+fewer than 16 images none are held out and the checks use the fitted ones.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simprune.errors import JobCancelled
+from simprune.pruning.features import first_inputs
+
+
+def _outputs(out: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a model output (a tensor, or a tuple/list/dict of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, list | tuple):
+        return [t for o in out for t in _outputs(o)]
+    return []
+
+
+def _loss(student: Any, teacher: Any, temperature: float) -> torch.Tensor:
+    """KL divergence on 2-D logits, else relative mean squared error, summed over the output tensors."""
+    total: torch.Tensor | None = None
+    for s, t in zip(_outputs(student), _outputs(teacher), strict=True):
+        if s.dim() == 2 and s.shape[1] > 1:
+            term = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1),
+                            reduction="batchmean", log_target=True) * temperature ** 2
+        else:
+            term = ((s - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-12)
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("the model's output holds no floating-point tensor to distil")
+    return total
+
+
+def augment_images(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random shifts (up to 1/8 of the height and width, zero padded) and left-right mirroring of a batch of
+    images (N, C, H, W); other shapes are returned unchanged."""
+    if x.dim() != 4 or min(x.shape[-2:]) < 8:
+        return x
+    n, _, h, w = x.shape
+    ph, pw = h // 8, w // 8
+    padded = F.pad(x, (pw, pw, ph, ph))
+    oy = torch.randint(0, 2 * ph + 1, (n,), generator=g).to(x.device)
+    ox = torch.randint(0, 2 * pw + 1, (n,), generator=g).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = padded[batch, chans, rows, cols]
+    flip = (torch.rand(n, generator=g) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+def _schedule(i: int, steps: int) -> float:
+    """Learning-rate factor at step ``i``: linear warm-up over the first 5% of the steps, then cosine decay."""
+    warm = max(1, steps // 20)
+    if i < warm:
+        return (i + 1) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * (i - warm) / max(1, steps - warm)))
+
+
+@torch.no_grad()
+def _held_out_loss(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, temperature: float, batch: int) -> float:
+    total = 0.0
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        total += float(_loss(pruned(xb), dense(xb), temperature)) * len(xb)
+    return total / max(len(x), 1)
+
+
+def reconstruct_outputs(
+    dense: nn.Module,
+    pruned: nn.Module,
+    calib: Any,
+    device: torch.device | None = None,
+    *,
+    n_images: int = 1024,
+    steps: int = 500,
+    lr: float = 1e-4,
+    batch_size: int = 64,
+    temperature: float = 1.0,
+    augment: bool = True,
+    max_passes: float = 72.0,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Fit ``pruned`` to ``dense``'s outputs on the first ``n_images`` calibration inputs, ``steps`` Adam steps
+    of ``batch_size`` images, but at most ``max_passes`` passes over the fitted images (a small calibration set
+    gets fewer steps: 1,024 images allow the default 1,000 steps). Returns the steps taken, the held-out loss
+    before and after, whether the result was kept, and the time spent."""
+    t0 = time.perf_counter()
+    x = first_inputs(calib, n_images, device)
+    g = torch.Generator().manual_seed(seed)
+    n_hold = len(x) // 8 if len(x) >= 16 else 0
+    order = torch.randperm(len(x), generator=g).to(x.device)  # calibration sets often come sorted by class
+    fit_x, hold_x = x[order[n_hold:]], x[order[:n_hold]]
+    check_x = hold_x if n_hold else fit_x  # too few images to hold some out: check on the fitted ones
+    batch_size = min(batch_size, len(fit_x))
+    steps = min(steps, math.ceil(max_passes * len(fit_x) / max(batch_size, 1)))
+    if not len(fit_x) or steps <= 0:
+        return {"steps": 0, "kept": False, "seconds": round(time.perf_counter() - t0, 3), "n_images": len(x)}
+    was = dense.training, pruned.training
+    dense.eval()
+    pruned.eval()
+    params = [p for p in pruned.parameters() if p.is_floating_point()]
+    flags = [p.requires_grad for p in params]
+    saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
+    before = _held_out_loss(dense, pruned, check_x, temperature, 256)
+    best, best_step, checks = before, 0, max(1, steps // 10)
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _schedule(i, steps))
+        every = max(1, steps // 50)
+        with torch.enable_grad():
+            for step in range(steps):
+                if should_cancel is not None and step % every == 0 and should_cancel():
+                    raise JobCancelled("cancelled during output reconstruction")
+                idx = torch.randint(len(fit_x), (batch_size,), generator=g).to(x.device)
+                xb = fit_x[idx]
+                if augment:
+                    xb = augment_images(xb, g)
+                with torch.no_grad():
+                    teacher = dense(xb)
+                loss = _loss(pruned(xb), teacher, temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if progress is not None and (step + 1) % every == 0:
+                    progress(step + 1, steps)
+                if (step + 1) % checks == 0 or step + 1 == steps:  # keep the best point seen on held-out images
+                    now = _held_out_loss(dense, pruned, check_x, temperature, 256)
+                    if math.isfinite(now) and now < best:
+                        best, best_step = now, step + 1
+                        saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
+        after: float | None = _held_out_loss(dense, pruned, check_x, temperature, 256)  # still in eval mode
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+            p.grad = None
+        dense.train(was[0])
+        pruned.train(was[1])
+    if after is not None and not math.isfinite(after):
+        after = None  # diverged: reported as no value (reports are JSON), and undone below
+    kept = best_step > 0
+    if after is None or best_step != steps:
+        pruned.load_state_dict(saved)  # the best checkpoint (the model as it came if none was better)
+    return {"steps": steps, "lr": lr, "batch_size": batch_size, "temperature": temperature, "augment": augment,
+            "n_images": len(fit_x), "held_out_images": n_hold,
+            "held_out_loss_before": round(before, 6),
+            "held_out_loss_after": round(best, 6), "held_out_loss_last": None if after is None else round(after, 6),
+            "kept": kept, "best_step": best_step,
+            "seconds": round(time.perf_counter() - t0, 3)}
