@@ -132,7 +132,7 @@ def reconstruct_outputs(
     flags = [p.requires_grad for p in params]
     saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
     before = _held_out_loss(dense, pruned, check_x, temperature, 256)
-    best, best_step, checks = before, 0, max(1, steps // 10)
+    best, best_step, checks, last = before, 0, max(1, steps // 10), before
     try:
         for p in params:
             p.requires_grad_(True)
@@ -157,25 +157,23 @@ def reconstruct_outputs(
                 if progress is not None and (step + 1) % every == 0:
                     progress(step + 1, steps)
                 if (step + 1) % checks == 0 or step + 1 == steps:  # keep the best point seen on held-out images
-                    now = _held_out_loss(dense, pruned, check_x, temperature, 256)
-                    if math.isfinite(now) and now < best:
-                        best, best_step = now, step + 1
-                        saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
-        after: float | None = _held_out_loss(dense, pruned, check_x, temperature, 256)  # still in eval mode
+                    last = _held_out_loss(dense, pruned, check_x, temperature, 256)  # still in eval mode
+                    if math.isfinite(last) and last < best:
+                        best, best_step = last, step + 1
+                        if best_step < steps:  # the end point needs no copy: it is the model itself
+                            saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
     finally:
         for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)
             p.grad = None
         dense.train(was[0])
         pruned.train(was[1])
-    if after is not None and not math.isfinite(after):
-        after = None  # diverged: reported as no value (reports are JSON), and undone below
     kept = best_step > 0
-    if after is None or best_step != steps:
+    if best_step != steps:  # also when the fit diverged (a non-finite loss is never the best)
         pruned.load_state_dict(saved)  # the best checkpoint (the model as it came if none was better)
     return {"steps": steps, "lr": lr, "batch_size": batch_size, "temperature": temperature, "augment": augment,
             "n_images": len(fit_x), "held_out_images": n_hold,
-            "held_out_loss_before": round(before, 6),
-            "held_out_loss_after": round(best, 6), "held_out_loss_last": None if after is None else round(after, 6),
+            "held_out_loss_before": round(before, 6), "held_out_loss_after": round(best, 6),
+            "held_out_loss_last": round(last, 6) if math.isfinite(last) else None,
             "kept": kept, "best_step": best_step,
             "seconds": round(time.perf_counter() - t0, 3)}
