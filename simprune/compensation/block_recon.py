@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from simprune.compute import autocast, channels_last, to_channels_last, use_bf16
 from simprune.errors import JobCancelled
 from simprune.pruning.features import first_inputs
 from simprune.pruning.prefix_cache import PrefixCache, largest_output_bytes
@@ -89,8 +90,9 @@ def _rel_error(unit: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) ->
 
 
 def _fit_unit(unit: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch: int,
-              seed: int) -> None:
-    """Adam steps on the unit's parameters against the dense targets (random minibatches, cosine decay)."""
+              seed: int, bf16: bool = False, fast_format: bool = False) -> None:
+    """Adam steps on the unit's parameters against the dense targets (random minibatches, cosine decay), in
+    channels-last and under bf16 autocast when asked (:mod:`simprune.compute`; the loss is computed in fp32)."""
     params = [p for p in unit.parameters() if p.is_floating_point()]
     flags = [p.requires_grad for p in params]
     for p in params:
@@ -100,10 +102,12 @@ def _fit_unit(unit: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr:
     g = torch.Generator().manual_seed(seed)
     scale = max(float((y ** 2).mean()), 1e-12)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), channels_last(unit, enabled=fast_format and x.dim() == 4) as fmt:
             for _ in range(steps):
                 idx = torch.randint(len(x), (min(batch, len(x)),), generator=g).to(x.device)
-                loss = ((unit(x[idx]) - y[idx]) ** 2).mean() / scale
+                with autocast(x.device, bf16):
+                    out = unit(to_channels_last(x[idx], fmt))
+                loss = ((out.float() - y[idx]) ** 2).mean() / scale
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -153,13 +157,17 @@ def reconstruct_blocks(
     lr: float = 2e-3,
     batch_size: int = 32,
     seed: int = 0,
+    bf16: bool | None = False,
+    fast_format: bool = True,
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Fit every unit of ``pruned`` named in ``units`` (module paths present in both models) to the dense one's
-    output on the first ``n_images`` calibration inputs, ``steps`` Adam steps each. Returns per-unit relative
-    errors before and after, and the time spent. Units without parameters, or absent from either model, are
-    skipped."""
+    output on the first ``n_images`` calibration inputs, ``steps`` Adam steps each (channels-last with
+    ``fast_format``, under bf16 autocast with ``bf16``; None: where the device computes bf16 natively; off by
+    default, as in output reconstruction). Returns
+    per-unit relative errors before and after (in fp32), and the time spent. Units without parameters, or absent
+    from either model, are skipped."""
     t0 = time.perf_counter()
     x = first_inputs(calib, n_images, device)
     d_mods, p_mods = dict(dense.named_modules()), dict(pruned.named_modules())
@@ -170,12 +178,13 @@ def reconstruct_blocks(
     pruned.eval()
     rows: list[dict[str, Any]] = []
     caches: dict[int, tuple[PrefixCache, PrefixCache]] = {}
+    fast = (use_bf16(bf16, x.device), fast_format)
     try:
         for i, name in enumerate(todo):
             if should_cancel is not None and should_cancel():
                 raise JobCancelled("cancelled during block reconstruction")
             rows.append(_reconstruct_unit(dense, pruned, d_mods[name], p_mods[name], name, x, steps, lr,
-                                          batch_size, seed + i, caches))
+                                          batch_size, seed + i, caches, fast))
             if progress is not None:
                 progress(i + 1, len(todo))
     finally:
@@ -183,7 +192,7 @@ def reconstruct_blocks(
         pruned.train(was[1])
     before = [r["error_before"] for r in rows]
     after = [r["error_after"] for r in rows]
-    return {"units": rows, "n_images": len(x), "steps": steps, "lr": lr,
+    return {"units": rows, "n_images": len(x), "steps": steps, "lr": lr, "bf16": fast[0],
             "mean_error_before": sum(before) / len(before) if before else None,
             "mean_error_after": sum(after) / len(after) if after else None,
             "seconds": round(time.perf_counter() - t0, 3)}
@@ -191,7 +200,8 @@ def reconstruct_blocks(
 
 def _reconstruct_unit(dense: nn.Module, pruned: nn.Module, d_unit: nn.Module, p_unit: nn.Module, name: str,
                       x: torch.Tensor, steps: int, lr: float, batch: int, seed: int,
-                      caches: dict[int, tuple[PrefixCache, PrefixCache]]) -> dict[str, Any]:
+                      caches: dict[int, tuple[PrefixCache, PrefixCache]],
+                      fast: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
     """Capture one unit's pruned-model inputs and dense targets (within the float budget), fit, keep if better.
 
     ``caches`` holds, per image count, prefix caches of both models: units are fitted in execution order, so
@@ -216,7 +226,7 @@ def _reconstruct_unit(dense: nn.Module, pruned: nn.Module, d_unit: nn.Module, p_
         target = _capture(dense, d_unit, xs, 64, "out")
     before = _rel_error(p_unit, inp, target, 64)
     saved = {k: v.detach().clone() for k, v in p_unit.state_dict().items()}
-    _fit_unit(p_unit, inp, target, steps, lr, batch, seed)
+    _fit_unit(p_unit, inp, target, steps, lr, batch, seed, *fast)
     after = _rel_error(p_unit, inp, target, 64)
     if not math.isfinite(after) or after > before:
         p_unit.load_state_dict(saved)

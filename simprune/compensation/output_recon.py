@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simprune.compute import autocast, channels_last, to_channels_last, use_bf16
 from simprune.errors import JobCancelled
 from simprune.pruning.features import first_inputs
 
@@ -84,11 +85,24 @@ def _schedule(i: int, steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (i - warm) / max(1, steps - warm)))
 
 
+def _float(out: Any) -> Any:
+    """A model output with its floating-point tensors in fp32 (outputs of a bf16 autocast region)."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {k: _float(v) for k, v in out.items()}
+    if isinstance(out, list | tuple):
+        return type(out)(_float(v) for v in out)
+    return out
+
+
 @torch.no_grad()
-def _held_out_loss(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, temperature: float, batch: int) -> float:
+def _held_out_loss(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, temperature: float, batch: int,
+                   fmt: bool) -> float:
+    """The teacher-student loss on ``x`` in fp32 (the checks that choose the checkpoint are not in bf16)."""
     total = 0.0
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
+        xb = to_channels_last(x[i:i + batch], fmt)
         total += float(_loss(pruned(xb), dense(xb), temperature)) * len(xb)
     return total / max(len(x), 1)
 
@@ -107,13 +121,18 @@ def reconstruct_outputs(
     augment: bool = True,
     max_passes: float = 72.0,
     seed: int = 0,
+    bf16: bool | None = False,
+    fast_format: bool = True,
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Fit ``pruned`` to ``dense``'s outputs on the first ``n_images`` calibration inputs, ``steps`` Adam steps
     of ``batch_size`` images, but at most ``max_passes`` passes over the fitted images (a small calibration set
-    gets fewer steps: 1,024 images allow the default 1,000 steps). Returns the steps taken, the held-out loss
-    before and after, whether the result was kept, and the time spent."""
+    gets fewer steps: 1,024 images allow the default 1,000 steps). The steps run channels-last
+    (``fast_format``), under bfloat16 autocast when ``bf16`` (None: where the device computes bf16 natively,
+    :mod:`simprune.compute`; off by default: on ResNet-56 the bf16 fit found no better checkpoint where the
+    fp32 one gained 0.3 points); weights stay fp32 and the held-out checks run in fp32. Returns the steps taken,
+    the held-out loss before and after, whether the result was kept, and the time spent."""
     t0 = time.perf_counter()
     x = first_inputs(calib, n_images, device)
     g = torch.Generator().manual_seed(seed)
@@ -130,48 +149,55 @@ def reconstruct_outputs(
     pruned.eval()
     params = [p for p in pruned.parameters() if p.is_floating_point()]
     flags = [p.requires_grad for p in params]
-    saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
-    before = _held_out_loss(dense, pruned, check_x, temperature, 256)
-    best, best_step, checks, last = before, 0, max(1, steps // 10), before
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _schedule(i, steps))
-        every = max(1, steps // 50)
-        with torch.enable_grad():
-            for step in range(steps):
-                if should_cancel is not None and step % every == 0 and should_cancel():
-                    raise JobCancelled("cancelled during output reconstruction")
-                idx = torch.randint(len(fit_x), (batch_size,), generator=g).to(x.device)
-                xb = fit_x[idx]
-                if augment:
-                    xb = augment_images(xb, g)
-                with torch.no_grad():
-                    teacher = dense(xb)
-                loss = _loss(pruned(xb), teacher, temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if progress is not None and (step + 1) % every == 0:
-                    progress(step + 1, steps)
-                if (step + 1) % checks == 0 or step + 1 == steps:  # keep the best point seen on held-out images
-                    last = _held_out_loss(dense, pruned, check_x, temperature, 256)  # still in eval mode
-                    if math.isfinite(last) and last < best:
-                        best, best_step = last, step + 1
-                        if best_step < steps:  # the end point needs no copy: it is the model itself
-                            saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
-    finally:
-        for p, f in zip(params, flags, strict=True):
-            p.requires_grad_(f)
-            p.grad = None
-        dense.train(was[0])
-        pruned.train(was[1])
+    dev = x.device
+    half = use_bf16(bf16, dev)
+    with channels_last(dense, pruned, enabled=fast_format and x.dim() == 4) as fmt:
+        saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
+        before = _held_out_loss(dense, pruned, check_x, temperature, 256, fmt)
+        best, best_step, checks, last = before, 0, max(1, steps // 10), before
+        try:
+            for p in params:
+                p.requires_grad_(True)
+            opt = torch.optim.Adam(params, lr=lr)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _schedule(i, steps))
+            every = max(1, steps // 50)
+            with torch.enable_grad():
+                for step in range(steps):
+                    if should_cancel is not None and step % every == 0 and should_cancel():
+                        raise JobCancelled("cancelled during output reconstruction")
+                    idx = torch.randint(len(fit_x), (batch_size,), generator=g).to(x.device)
+                    xb = fit_x[idx]
+                    if augment:
+                        xb = augment_images(xb, g)
+                    xb = to_channels_last(xb, fmt)
+                    with autocast(dev, half):
+                        with torch.no_grad():
+                            teacher = dense(xb)
+                        student = pruned(xb)
+                    loss = _loss(_float(student), _float(teacher), temperature)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    if progress is not None and (step + 1) % every == 0:
+                        progress(step + 1, steps)
+                    if (step + 1) % checks == 0 or step + 1 == steps:  # keep the best point seen on held-out images
+                        last = _held_out_loss(dense, pruned, check_x, temperature, 256, fmt)  # still in eval mode
+                        if math.isfinite(last) and last < best:
+                            best, best_step = last, step + 1
+                            if best_step < steps:  # the end point needs no copy: it is the model itself
+                                saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
+        finally:
+            for p, f in zip(params, flags, strict=True):
+                p.requires_grad_(f)
+                p.grad = None
+            dense.train(was[0])
+            pruned.train(was[1])
     kept = best_step > 0
     if best_step != steps:  # also when the fit diverged (a non-finite loss is never the best)
         pruned.load_state_dict(saved)  # the best checkpoint (the model as it came if none was better)
     return {"steps": steps, "lr": lr, "batch_size": batch_size, "temperature": temperature, "augment": augment,
+            "bf16": half, "channels_last": fmt,
             "n_images": len(fit_x), "held_out_images": n_hold,
             "held_out_loss_before": round(before, 6), "held_out_loss_after": round(best, 6),
             "held_out_loss_last": round(last, 6) if math.isfinite(last) else None,

@@ -79,7 +79,8 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
                                                 "block_recon_steps": 200, "block_recon_images": 512,
                                                 "block_recon_lr": 2e-3, "output_recon_steps": 1000,
                                                 "output_recon_images": 1024, "output_recon_lr": 5e-4,
-                                                "output_recon_temperature": 4.0, "output_recon_batch": 64}
+                                                "output_recon_temperature": 4.0, "output_recon_batch": 64,
+                                                "recon_bf16": False}
 """Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
 (re-estimate BatchNorms inside the least-squares pass instead of after it), ``min_r2`` (folding threshold),
 ``sequential`` (select, remove and re-fit one group at a time on the pruned model's features, see
@@ -87,7 +88,9 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
 ``block_recon_images`` and ``block_recon_lr`` (the ``block_recon`` switch: label-free block reconstruction, see
 :mod:`simprune.compensation.block_recon`), ``output_recon_steps``, ``output_recon_images``, ``output_recon_lr``,
 ``output_recon_temperature`` and ``output_recon_batch`` (the ``output_recon`` switch: label-free output
-reconstruction, see :mod:`simprune.compensation.output_recon`), and
+reconstruction, see :mod:`simprune.compensation.output_recon`), ``recon_bf16`` (both reconstructions under
+bfloat16 autocast: True, False (the default: it cost ResNet-56 its output-reconstruction gain) or None = where the
+device computes bf16 natively, see :mod:`simprune.compute`), and
 :func:`~simprune.compensation.lstsq.reconstruct_consumers`'s ``ridge``, ``max_rows``, ``max_images``."""
 LSTSQ_OPTIONS = ("layers", "ridge", "max_rows", "max_images", "seed")
 
@@ -730,7 +733,7 @@ def _block_reconstruction(run: PruneRun) -> None:
     run.block_recon_info = reconstruct_blocks(
         run.dense, run.work, block_units(run.work), run.calib, run.device,
         n_images=int(run.copts["block_recon_images"]), steps=int(run.copts["block_recon_steps"]),
-        lr=float(run.copts["block_recon_lr"]), should_cancel=run.should_cancel,
+        lr=float(run.copts["block_recon_lr"]), bf16=run.copts.get("recon_bf16"), should_cancel=run.should_cancel,
         progress=lambda done, total: run.count("block_recon", 0.9, 0.95, "blocks reconstructed", done, total))
     run.stage_done("block_recon")
 
@@ -742,7 +745,7 @@ def _output_reconstruction(run: PruneRun) -> None:
         run.dense, run.work, run.calib, run.device, n_images=int(run.copts["output_recon_images"]),
         steps=int(run.copts["output_recon_steps"]), lr=float(run.copts["output_recon_lr"]),
         temperature=float(run.copts["output_recon_temperature"]), batch_size=int(run.copts["output_recon_batch"]),
-        seed=int(run.copts.get("seed", 0)), should_cancel=run.should_cancel,
+        seed=int(run.copts.get("seed", 0)), bf16=run.copts.get("recon_bf16"), should_cancel=run.should_cancel,
         progress=lambda done, total: run.count("output_recon", 0.95, 0.99, "output reconstruction steps", done, total))
     run.stage_done("output_recon")
 
