@@ -16,43 +16,11 @@
 # $OUT receives summary.txt, log.txt, lat_r50.json, lat_r56.json, acc_r56.json. Each step runs under its own
 # time cap; the whole script ends within BUDGET seconds (default 540) plus a few.
 set -u
-export PYTHONUNBUFFERED=1
-: "${OUT:?set OUT to the output folder}"
-PY="${PY:-python3}"
 DEVICE="${DEVICE:-cuda}"
 QUICK="${QUICK:-0}"
 BUDGET="${BUDGET:-540}"
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-SUMMARY="$OUT/summary.txt"; LOG="$OUT/log.txt"
-: >"$SUMMARY"; : >"$LOG"
-T0=$(date +%s); DEADLINE=$(( T0 + BUDGET ))
 WORK="${WORK:-/tmp/simprune_gpu_latency}"
-rm -rf "$WORK"; mkdir -p "$WORK"
-export MPLBACKEND=Agg MPLCONFIGDIR="$WORK/mpl"
-
-if [ "${SKIP_WHEELS:-0}" != 1 ]; then
-  SITE=/tmp/site; rm -rf "$SITE"; mkdir -p "$SITE"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    .gpu/whl/*.whl >>"$LOG" 2>&1 || echo "pip install failed" >>"$SUMMARY"
-  export PYTHONPATH="$SITE:$PWD"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-{ echo "install s=$(( $(date +%s) - T0 ))"; "$PY" -c 'import torch, torch_pruning as tp
-print("torch", torch.__version__, "tp", tp.__version__, "cuda", torch.cuda.is_available(),
-      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")' 2>&1 | tail -1; } >>"$SUMMARY"
-
-# step NAME CAP RESERVE CMD...: CMD under timeout min(CAP, time left - RESERVE); a failure never stops the next
-step() {
-  local name=$1 cap=$2 reserve=$3; shift 3
-  local left=$(( DEADLINE - $(date +%s) - reserve ))
-  local lim=$(( left < cap ? left : cap )); (( lim < 10 )) && lim=10
-  echo "===== $name (limit ${lim}s) =====" >>"$LOG"
-  local s; s=$(date +%s)
-  timeout -k 5 "$lim" "$@" >>"$LOG" 2>&1
-  echo "$name rc=$? s=$(( $(date +%s) - s )) limit=$lim" >>"$SUMMARY"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_common.sh"
 
 if [ "$QUICK" = 1 ]; then
   R50=(--archs cifar_resnet20 --batches 16 --profile-batch 16 --modes fp32 --profile-budget-s 40)
@@ -80,18 +48,9 @@ step ROUND_R56 100 200 "$PY" bench/latency.py "${R56[@]:0:4}" --modes fp32 bf16-
   --out "$OUT/round_r56.json"
 fi
 
-# the shared checkpoints and data from the bundle (10,000 training images) or from ../shared
-DATA="$WORK/data"; mkdir -p "$DATA"
-if [ -f .gpu/data/test.zip ]; then
-  ln -s "$PWD/.gpu/data/train10k.zip" "$DATA/train.zip"; ln -s "$PWD/.gpu/data/test.zip" "$DATA/test.zip"; CK=.gpu/data
-else
-  ln -s "$PWD/../shared/data/cifar10-jpeg/train.zip" "$DATA/train.zip"
-  ln -s "$PWD/../shared/data/cifar10-jpeg/test.zip" "$DATA/test.zip"; CK=../shared/data/checkpoints
-fi
+link_data
 ACC_METHODS=l1; [ "${PART:-1}" = 2 ] && ACC_METHODS=qsfm,channel_cluster,passive_sim,nystrom_sim
 step ACC 250 0 "$PY" bench/accuracy.py "${ACC[@]}" --targets 0.5 --methods "$ACC_METHODS" --no-tp --seeds 0 \
   --device "$DEVICE" \
   --data "$DATA" --checkpoints "$CK" --cache "$WORK/cache" --out "$OUT/acc_r56.json"
-echo "total s=$(( $(date +%s) - T0 ))" >>"$SUMMARY"
-tail -c 20000 "$LOG" >"$LOG.tmp" && mv "$LOG.tmp" "$LOG"
-cat "$SUMMARY"
+finish

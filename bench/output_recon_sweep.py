@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import SHARED, accuracy, cached_tensors, load_net  # noqa: E402
 
 from simprune.compensation.output_recon import reconstruct_outputs  # noqa: E402
 from simprune.device import select_device  # noqa: E402
+from simprune.plan import load_pruned, make_plan  # noqa: E402
 from simprune.presets import resolve_preset  # noqa: E402
 from simprune.pruning.phases import prune  # noqa: E402
-from simprune.pruning.surgery import apply_plan  # noqa: E402
 
 VARIANTS: list[dict[str, Any]] = [
     {"steps": 500, "lr": 1e-4}, {"steps": 500, "lr": 3e-4}, {"steps": 500, "lr": 1e-3},
@@ -43,19 +43,20 @@ VARIANTS: list[dict[str, Any]] = [
 
 
 def _save(folder: Path, tag: str, model: torch.nn.Module, rep: dict[str, Any]) -> None:
+    """The pruned model as the service exports it: a simprune plan and its safetensors weights."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / f"{tag}.safetensors"))
-    (folder / f"{tag}.json").write_text(json.dumps({"plan": rep["plan"], "flops_reduction": rep["flops_reduction"]}))
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              str(folder / f"{tag}.safetensors"))
+    plan = make_plan(rep, arch=None, input_size=(3, 32, 32)) | {"flops_reduction": rep["flops_reduction"]}
+    (folder / f"{tag}.json").write_text(json.dumps(plan))
 
 
 def _load(folder: Path, tag: str, dense: torch.nn.Module,
           device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    meta = json.loads((folder / f"{tag}.json").read_text())
-    model = copy.deepcopy(dense).cpu()
-    apply_plan(model, torch.zeros(1, 3, 32, 32), meta["plan"]["layers"], meta["plan"].get("dropped_blocks"))
-    model.load_state_dict(load_file(str(folder / f"{tag}.safetensors")))
-    return model.to(device).eval(), {"flops_reduction": meta["flops_reduction"], "plan": meta["plan"]}
+    """A model saved by :func:`_save`, rebuilt from a copy of ``dense`` by :func:`simprune.plan.load_pruned`."""
+    plan = json.loads((folder / f"{tag}.json").read_text())
+    model = load_pruned(plan, folder / f"{tag}.safetensors", model=copy.deepcopy(dense).cpu())
+    return model.to(device).eval(), {"flops_reduction": plan["flops_reduction"], "plan": plan}
 
 
 def main(argv: list[str] | None = None) -> int:

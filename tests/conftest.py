@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +37,35 @@ def one_thread_module() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+PrunedPair = tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]
+
+
+@pytest.fixture
+def pruned_resnet20() -> Callable[[int], PrunedPair]:
+    """Builds (dense, pruned, calibration images): a random cifar_resnet20 with non-trivial BatchNorm statistics,
+    its l1 half-width prune without compensation (what the reconstruction stages start from), and ``n``
+    random 16x16 images."""
+
+    def make(n: int) -> PrunedPair:
+        import copy
+
+        from simprune.pruning.phases import prune
+        from simprune.zoo import build_model
+
+        torch.manual_seed(0)
+        dense = build_model("cifar_resnet20").eval()
+        for m in dense.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.data.uniform_(0.5, 1.5)
+        calib = torch.randn(n, 3, 16, 16)
+        pruned, _ = prune(copy.deepcopy(dense), calib[:1], "l1", pruning_ratio=0.5,
+                          compensation={"fold": False, "lstsq": False, "bn": False})
+        return dense, pruned, calib
+
+    return make
 
 
 PLUGIN_MODULE = '''

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from simprune.compensation.block_recon import reconstruct_blocks
-from simprune.pruning.phases import prune
-from simprune.zoo import build_model
 
-
-def _pruned_resnet20() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    dense = build_model("cifar_resnet20").eval()
-    for m in dense.modules():  # non-trivial BatchNorm statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-    calib = torch.randn(48, 3, 16, 16)
-    pruned, _ = prune(copy.deepcopy(dense), calib[:1], "l1", pruning_ratio=0.5,
-                      compensation={"fold": False, "lstsq": False, "bn": False})
-    return dense, pruned, calib
+if TYPE_CHECKING:
+    from conftest import PrunedPair
 
 
 def _output_error(dense: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor) -> float:
@@ -29,8 +18,9 @@ def _output_error(dense: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tens
         return float(((dense(x) - pruned(x)) ** 2).mean())
 
 
-def test_block_reconstruction_lowers_block_and_output_error(one_thread_module: None) -> None:
-    dense, pruned, calib = _pruned_resnet20()
+def test_block_reconstruction_lowers_block_and_output_error(one_thread_module: None,
+        pruned_resnet20: Callable[[int], PrunedPair]) -> None:
+    dense, pruned, calib = pruned_resnet20(48)
     units = [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
     before = _output_error(dense, pruned, calib)
     seen: list[tuple[int, int]] = []
@@ -43,7 +33,8 @@ def test_block_reconstruction_lowers_block_and_output_error(one_thread_module: N
     assert seen[-1] == (9, 9) and info["seconds"] > 0
 
 
-def test_units_missing_or_without_parameters_are_skipped(one_thread_module: None) -> None:
-    dense, pruned, calib = _pruned_resnet20()
+def test_units_missing_or_without_parameters_are_skipped(one_thread_module: None,
+        pruned_resnet20: Callable[[int], PrunedPair]) -> None:
+    dense, pruned, calib = pruned_resnet20(48)
     info = reconstruct_blocks(dense, pruned, ["layer1.0.relu", "nope", "layer1.0"], calib, n_images=8, steps=2)
     assert [r["unit"] for r in info["units"]] == ["layer1.0"]

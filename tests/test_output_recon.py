@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -13,18 +15,8 @@ from simprune.errors import JobCancelled
 from simprune.pruning.phases import prune
 from simprune.zoo import build_model
 
-
-def _pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    dense = build_model("cifar_resnet20").eval()
-    for m in dense.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-    calib = torch.randn(64, 3, 16, 16)
-    pruned, _ = prune(copy.deepcopy(dense), calib[:1], "l1", pruning_ratio=0.5,
-                      compensation={"fold": False, "lstsq": False, "bn": False})
-    return dense, pruned, calib
+if TYPE_CHECKING:
+    from conftest import PrunedPair
 
 
 def _disagreement(dense: nn.Module, pruned: nn.Module, x: torch.Tensor) -> float:
@@ -47,8 +39,9 @@ def test_augmentation_only_shifts_and_mirrors() -> None:
     assert augment_images(flat, torch.Generator()) is flat
 
 
-def test_reconstruction_brings_the_outputs_closer_on_unseen_images(one_thread_module: None) -> None:
-    dense, pruned, calib = _pair()
+def test_reconstruction_brings_the_outputs_closer_on_unseen_images(one_thread_module: None,
+        pruned_resnet20: Callable[[int], PrunedPair]) -> None:
+    dense, pruned, calib = pruned_resnet20(64)
     unseen = torch.randn(64, 3, 16, 16)
     before = _disagreement(dense, pruned, unseen)
     flags = [p.requires_grad for p in pruned.parameters()]
@@ -70,8 +63,9 @@ def test_schedule_warms_up_then_decays() -> None:
     assert all(a >= b for a, b in zip(factors[5:], factors[6:], strict=False)) and factors[-1] < 0.01
 
 
-def test_a_fit_that_makes_held_out_agreement_worse_is_undone(one_thread_module: None) -> None:
-    dense, pruned, calib = _pair()
+def test_a_fit_that_makes_held_out_agreement_worse_is_undone(one_thread_module: None,
+        pruned_resnet20: Callable[[int], PrunedPair]) -> None:
+    dense, pruned, calib = pruned_resnet20(64)
     state = {k: v.clone() for k, v in pruned.state_dict().items()}
     info = reconstruct_outputs(dense, pruned, calib, steps=5, lr=5.0, batch_size=16)
     last = info["held_out_loss_last"]  # None: diverged
@@ -80,8 +74,9 @@ def test_a_fit_that_makes_held_out_agreement_worse_is_undone(one_thread_module: 
     assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in state.items())
 
 
-def test_cancel_and_non_logit_outputs(one_thread_module: None) -> None:
-    dense, pruned, calib = _pair()
+def test_cancel_and_non_logit_outputs(one_thread_module: None,
+        pruned_resnet20: Callable[[int], PrunedPair]) -> None:
+    dense, pruned, calib = pruned_resnet20(64)
     with pytest.raises(JobCancelled):
         reconstruct_outputs(dense, pruned, calib, steps=5, should_cancel=lambda: True)
 
