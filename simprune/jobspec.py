@@ -110,6 +110,10 @@ class JobSpec(_Strict):
         Field(default=None, description="Compensation switches with calibration data (default: the preset's): "
               "fold, lstsq, bn, sequential (select and re-fit group by group), block_recon (label-free block "
               "reconstruction) and output_recon (label-free fit of the whole model to the dense model's outputs)."))
+    output_recon_augment: Literal["shift_flip", "shift", "none"] | None = Field(
+        default=None, description="How output reconstruction varies the calibration images: shifts and left-right "
+        "mirroring (the default, for photos), shifts only (inputs whose mirror image is not the same class: "
+        "spectrograms, text, digits) or none.")
     calib_samples: int = Field(default=CALIB_SAMPLES, ge=1, le=1_000_000, description="Calibration samples used.")
     eval_samples: int | None = Field(default=None, ge=1, le=10_000_000, description="Limit evaluation samples.")
     batch_size: int = Field(default=128, ge=1, le=4096, description="Batch size of calibration and evaluation.")
@@ -231,9 +235,12 @@ class JobSpec(_Strict):
         allocation = self.allocation
         if allocation is None and self.pruning_ratio == "auto":
             allocation = "uniform"  # the method's own counts: no allocation search
-        return resolve_preset(self.preset, has_calibration=has_calibration, allocation=allocation,
-                              compensation=self.compensation_switches(),
-                              allocation_options=None if self.depth is None else {"depth": self.depth})
+        settings = resolve_preset(self.preset, has_calibration=has_calibration, allocation=allocation,
+                                  compensation=self.compensation_switches(),
+                                  allocation_options=None if self.depth is None else {"depth": self.depth})
+        if self.output_recon_augment is not None:
+            settings["compensation_options"]["output_recon_augment"] = self.output_recon_augment
+        return settings
 
     def compensation_switches(self) -> dict[str, bool] | None:
         """The compensation switches as the pruning phases take them (None: the defaults)."""

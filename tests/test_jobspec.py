@@ -143,6 +143,10 @@ def test_output_reconstruction_switch() -> None:
     off = JobSpec(method="l1", target_flops_reduction=0.5, preset="best", compensation={"output_recon": False})
     assert off.settings(has_calibration=True)["compensation"]["output_recon"] is False
     assert _errors(method="l1", target_flops_reduction=0.5, compensation={"distil": True})
+    assert best["compensation_options"].get("output_recon_augment") is None  # the engine's default: shift_flip
+    shifts = JobSpec(method="l1", target_flops_reduction=0.5, output_recon_augment="shift")
+    assert shifts.settings(has_calibration=True)["compensation_options"]["output_recon_augment"] == "shift"
+    assert _errors(method="l1", target_flops_reduction=0.5, output_recon_augment="mirror")
     from simprune.cli.local import _switches
 
     assert _switches(no_fold=False, no_lstsq=False, no_bn=False, sequential=None, block_recon=None,

@@ -37,6 +37,23 @@ def test_augmentation_only_shifts_and_mirrors() -> None:
     assert len(seen) > 1  # random, not a fixed transform
     flat = torch.randn(4, 10)
     assert augment_images(flat, torch.Generator()) is flat
+    asym = torch.randn(64, 1, 8, 8)
+    for s in range(4):  # shifts only: every image is an unmirrored shift of its input
+        out = augment_images(asym, torch.Generator().manual_seed(s), mirror=False)
+        padded = torch.nn.functional.pad(asym, (1, 1, 1, 1))
+        for i in range(len(asym)):
+            assert any(torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(3) for dx in range(3))
+
+
+def test_augmentation_choice(one_thread_module: None) -> None:
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    pruned = copy.deepcopy(dense)
+    x = torch.randn(32, 1, 8, 8)
+    for choice, name in ((True, "shift_flip"), (False, "none"), ("shift", "shift"), ("none", "none")):
+        assert reconstruct_outputs(dense, copy.deepcopy(pruned), x, steps=2, augment=choice)["augment"] == name
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        reconstruct_outputs(dense, pruned, x, steps=2, augment="mirror")
 
 
 def test_reconstruction_brings_the_outputs_closer_on_unseen_images(one_thread_module: None,

@@ -8,7 +8,8 @@ the teacher and no labels:
     || pruned(x) - dense(x) ||^2 / mean(dense(x)^2)                   (any other output)
 
 Images are shifted by up to 1/8 of their size (zero padding) and mirrored left-right at random each step
-(``augment``), so a thousand calibration images stand for more. Both models stay in eval mode (BatchNorm
+(``augment="shift_flip"``; ``"shift"`` for inputs whose mirror image is not the same class, ``"none"``), so a
+thousand calibration images stand for more. Both models stay in eval mode (BatchNorm
 keeps its running statistics; its affine parameters are fitted). One image in eight is held out (drawn at
 random: calibration sets often come sorted by class): the teacher-student loss on those unseen images is
 checked ten times during the fit and the stage ends with the best checkpoint, or with the model as it came if
@@ -58,9 +59,14 @@ def _loss(student: Any, teacher: Any, temperature: float) -> torch.Tensor:
     return total
 
 
-def augment_images(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random shifts (up to 1/8 of the height and width, zero padded) and left-right mirroring of a batch of
-    images (N, C, H, W); other shapes are returned unchanged."""
+AUGMENTS = ("shift_flip", "shift", "none")
+"""Augmentations of the calibration images: shifts and left-right mirroring (photos), shifts only (inputs whose
+mirror image means something else: spectrograms in time, text, digits), none."""
+
+
+def augment_images(x: torch.Tensor, g: torch.Generator, mirror: bool = True) -> torch.Tensor:
+    """Random shifts (up to 1/8 of the height and width, zero padded) and, with ``mirror``, left-right mirroring
+    of a batch of images (N, C, H, W); other shapes are returned unchanged."""
     if x.dim() != 4 or min(x.shape[-2:]) < 8:
         return x
     n, _, h, w = x.shape
@@ -74,6 +80,8 @@ def augment_images(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     out = padded[batch, chans, rows, cols]
     flip = (torch.rand(n, generator=g) < 0.5).to(x.device)
+    if not mirror:
+        return out
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
@@ -118,7 +126,7 @@ def reconstruct_outputs(
     lr: float = 1e-4,
     batch_size: int = 64,
     temperature: float = 1.0,
-    augment: bool = True,
+    augment: bool | str = "shift_flip",
     max_passes: float = 72.0,
     seed: int = 0,
     bf16: bool | None = False,
@@ -134,6 +142,9 @@ def reconstruct_outputs(
     fp32 one gained 0.3 points); weights stay fp32 and the held-out checks run in fp32. Returns the steps taken,
     the held-out loss before and after, whether the result was kept, and the time spent."""
     t0 = time.perf_counter()
+    augment = {True: "shift_flip", False: "none"}.get(augment, augment)  # type: ignore[call-overload]
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTS)}")
     x = first_inputs(calib, n_images, device)
     g = torch.Generator().manual_seed(seed)
     n_hold = len(x) // 8 if len(x) >= 16 else 0
@@ -167,8 +178,8 @@ def reconstruct_outputs(
                         raise JobCancelled("cancelled during output reconstruction")
                     idx = torch.randint(len(fit_x), (batch_size,), generator=g).to(x.device)
                     xb = fit_x[idx]
-                    if augment:
-                        xb = augment_images(xb, g)
+                    if augment != "none":
+                        xb = augment_images(xb, g, mirror=augment == "shift_flip")
                     xb = to_channels_last(xb, fmt)
                     with autocast(dev, half):
                         with torch.no_grad():

@@ -80,6 +80,7 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
                                                 "block_recon_lr": 2e-3, "output_recon_steps": 1000,
                                                 "output_recon_images": 1024, "output_recon_lr": 5e-4,
                                                 "output_recon_temperature": 4.0, "output_recon_batch": 64,
+                                                "output_recon_augment": "shift_flip",
                                                 "recon_bf16": False}
 """Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
 (re-estimate BatchNorms inside the least-squares pass instead of after it), ``min_r2`` (folding threshold),
@@ -87,10 +88,10 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
 :mod:`simprune.pruning.sequential`; needs least squares), ``sequential_images``, ``block_recon_steps``,
 ``block_recon_images`` and ``block_recon_lr`` (the ``block_recon`` switch: label-free block reconstruction, see
 :mod:`simprune.compensation.block_recon`), ``output_recon_steps``, ``output_recon_images``, ``output_recon_lr``,
-``output_recon_temperature`` and ``output_recon_batch`` (the ``output_recon`` switch: label-free output
-reconstruction, see :mod:`simprune.compensation.output_recon`), ``recon_bf16`` (both reconstructions under
-bfloat16 autocast: True, False (the default: it cost ResNet-56 its output-reconstruction gain) or None = where the
-device computes bf16 natively, see :mod:`simprune.compute`), and
+``output_recon_temperature``, ``output_recon_batch`` and ``output_recon_augment`` (the ``output_recon``
+switch: label-free output reconstruction, see :mod:`simprune.compensation.output_recon`), ``recon_bf16`` (both
+reconstructions under bfloat16 autocast: True, False (the default: it cost ResNet-56 its output-reconstruction
+gain) or None = where the device computes bf16 natively, see :mod:`simprune.compute`), and
 :func:`~simprune.compensation.lstsq.reconstruct_consumers`'s ``ridge``, ``max_rows``, ``max_images``."""
 LSTSQ_OPTIONS = ("layers", "ridge", "max_rows", "max_images", "seed")
 
@@ -745,6 +746,7 @@ def _output_reconstruction(run: PruneRun) -> None:
         run.dense, run.work, run.calib, run.device, n_images=int(run.copts["output_recon_images"]),
         steps=int(run.copts["output_recon_steps"]), lr=float(run.copts["output_recon_lr"]),
         temperature=float(run.copts["output_recon_temperature"]), batch_size=int(run.copts["output_recon_batch"]),
+        augment=str(run.copts["output_recon_augment"]),
         seed=int(run.copts.get("seed", 0)), bf16=run.copts.get("recon_bf16"), should_cancel=run.should_cancel,
         progress=lambda done, total: run.count("output_recon", 0.95, 0.99, "output reconstruction steps", done, total))
     run.stage_done("output_recon")

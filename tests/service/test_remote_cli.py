@@ -67,7 +67,8 @@ def test_submit_every_field_reuses_uploads_and_downloads(cli: typer.Typer, live:
     npz, out = str(data_files["npz"]), tmp_path / "out"
     res = run(cli, live, "submit", str(data_files["ckpt"]), "--arch", "cifar_resnet20", "--method", "l1",
               "--target-flops-reduction", "0.3", "-o", "seed=3", "--allocation", "global", "--round-to", "2",
-              "--no-bn", "--sequential", "--no-output-recon", "--calib", npz, "--eval", npz, "--train", npz,
+              "--no-bn", "--sequential", "--no-output-recon", "--output-recon-augment", "shift",
+              "--calib", npz, "--eval", npz, "--train", npz,
               "--calib-samples", "16",
               "--eval-samples", "16", "--batch-size", "8", "--seed", "1", "--export", "onnx", "--export",
               "safetensors", "--finetune-epochs", "1", "--finetune-lr", "0.001", "--finetune-batch-size", "8",
@@ -82,6 +83,7 @@ def test_submit_every_field_reuses_uploads_and_downloads(cli: typer.Typer, live:
     spec = job["spec"]
     assert spec["options"] == {"seed": 3} and spec["allocation"] == "global" and spec["round_to"] == 2
     assert spec["compensation"] == {"bn": False, "sequential": True, "output_recon": False}
+    assert spec["output_recon_augment"] == "shift"
     assert spec["finetune"]["epochs"] == 1 and spec["finetune"]["distill"] is False
     assert spec["finetune"]["max_steps_per_epoch"] == 2 and spec["time_limit_s"] == 300
     assert job["calibration_dataset_id"] == job["eval_dataset_id"] == job["train_dataset_id"]
