@@ -25,8 +25,8 @@ FEATURE_BUDGET = 8_000_000  # floats kept per group for data-driven criteria and
 def iter_inputs(calib: Any, device: torch.device | None = None) -> Iterator[torch.Tensor]:
     """Input batches from a tensor, a DataLoader / iterable of tensors or of (x, y) pairs. Image batches
     (4-D floating point) come in channels-last memory format: a 2-D convolution given a channels-last input
-    computes channels-last (oneDNN / cuDNN), which on this project's CPU runs a ResNet-56 forward pass 1.3-1.9x
-    faster (BENCHMARKS.md, "Speed of best"); every calibration pass of the pruning phases reads its inputs here."""
+    computes channels-last (oneDNN / cuDNN), which on this project's CPU runs a ResNet-56 forward pass about 1.2x
+    faster (``bench/recon_step_time.py``); every calibration pass of the pruning phases reads its inputs here."""
     if calib is None:
         return
     if isinstance(calib, torch.Tensor):
