@@ -48,6 +48,7 @@ def _loss(student: Any, teacher: Any, temperature: float) -> torch.Tensor:
     """KL divergence on 2-D logits, else relative mean squared error, summed over the output tensors."""
     total: torch.Tensor | None = None
     for s, t in zip(_outputs(student), _outputs(teacher), strict=True):
+        s, t = s.float(), t.float()  # outputs of a bf16 autocast region: the loss is computed in fp32
         if s.dim() == 2 and s.shape[1] > 1:
             term = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1),
                             reduction="batchmean", log_target=True) * temperature ** 2
@@ -93,24 +94,12 @@ def _schedule(i: int, steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (i - warm) / max(1, steps - warm)))
 
 
-def _float(out: Any) -> Any:
-    """A model output with its floating-point tensors in fp32 (outputs of a bf16 autocast region)."""
-    if isinstance(out, torch.Tensor):
-        return out.float() if out.is_floating_point() else out
-    if isinstance(out, dict):
-        return {k: _float(v) for k, v in out.items()}
-    if isinstance(out, list | tuple):
-        return type(out)(_float(v) for v in out)
-    return out
-
-
 @torch.no_grad()
-def _held_out_loss(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, temperature: float, batch: int,
-                   fmt: bool) -> float:
+def _held_out_loss(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, temperature: float, batch: int) -> float:
     """The teacher-student loss on ``x`` in fp32 (the checks that choose the checkpoint are not in bf16)."""
     total = 0.0
     for i in range(0, len(x), batch):
-        xb = to_channels_last(x[i:i + batch], fmt)
+        xb = x[i:i + batch]  # calibration images come channels-last (features.iter_inputs)
         total += float(_loss(pruned(xb), dense(xb), temperature)) * len(xb)
     return total / max(len(x), 1)
 
@@ -164,7 +153,7 @@ def reconstruct_outputs(
     half = use_bf16(bf16, dev)
     with channels_last(dense, pruned, enabled=fast_format and x.dim() == 4) as fmt:
         saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
-        before = _held_out_loss(dense, pruned, check_x, temperature, 256, fmt)
+        before = _held_out_loss(dense, pruned, check_x, temperature, 256)
         best, best_step, checks, last = before, 0, max(1, steps // 10), before
         try:
             for p in params:
@@ -185,7 +174,7 @@ def reconstruct_outputs(
                         with torch.no_grad():
                             teacher = dense(xb)
                         student = pruned(xb)
-                    loss = _loss(_float(student), _float(teacher), temperature)
+                    loss = _loss(student, teacher, temperature)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -193,7 +182,7 @@ def reconstruct_outputs(
                     if progress is not None and (step + 1) % every == 0:
                         progress(step + 1, steps)
                     if (step + 1) % checks == 0 or step + 1 == steps:  # keep the best point seen on held-out images
-                        last = _held_out_loss(dense, pruned, check_x, temperature, 256, fmt)  # still in eval mode
+                        last = _held_out_loss(dense, pruned, check_x, temperature, 256)  # still in eval mode
                         if math.isfinite(last) and last < best:
                             best, best_step = last, step + 1
                             if best_step < steps:  # the end point needs no copy: it is the model itself
