@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="best", choices=("fast", "balanced", "best"))
     ap.add_argument("--compensation", default="{}",
                     help="JSON switches over the preset's, e.g. '{\"block_recon\": false}'")
+    ap.add_argument("--allocation-options", default="{}",
+                    help="JSON allocation options over the preset's, e.g. '{\"n_images\": 128}'")
+    ap.add_argument("--compensation-options", default="{}",
+                    help="JSON compensation options over the preset's, e.g. '{\"block_recon_steps\": 200}'")
     ap.add_argument("--quick", action="store_true", help="5-step variants (rehearsal)")
     ap.add_argument("--eval-samples", type=int, default=0)
     ap.add_argument("--calib-samples", type=int, default=1024)
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = [dict(v, steps=5) for v in variants]
     r = resolve_preset(args.preset, has_calibration=True)
     comp = r["compensation"] | json.loads(args.compensation)
+    aopts = r["allocation_options"] | json.loads(args.allocation_options)
+    copts = r["compensation_options"] | json.loads(args.compensation_options)
     rows: list[dict[str, Any]] = []
     out = Path(args.out)
 
@@ -112,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         out.write_text(json.dumps({"device": str(device), "eval_samples": len(tx), "preset": args.preset,
-                                   "compensation": comp, "rows": rows}, indent=1))
+                                   "compensation": comp, "allocation_options": aopts,
+                                   "compensation_options": copts, "rows": rows}, indent=1))
 
     def over_budget() -> bool:
         return bool(args.budget_s) and time.perf_counter() - t_start > args.budget_s
@@ -134,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     pm, rep = prune(base, calib[:1].to(device), method, target_flops_reduction=args.target,
                                     calib=calib, device=device, allocation=r["allocation"], compensation=comp,
-                                    allocation_options=r["allocation_options"] or None,
-                                    compensation_options=r["compensation_options"] or None)
+                                    allocation_options=aopts or None,
+                                    compensation_options=copts or None)
                 if args.save_pruned is not None:
                     _save(args.save_pruned, tag, pm, rep)
                 prune_s = time.perf_counter() - t0

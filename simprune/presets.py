@@ -38,9 +38,15 @@ PRESETS: dict[str, Preset] = {
         "uniform", {"fold": True, "lstsq": True, "bn": True, "sequential": False, "block_recon": False,
                     "output_recon": False}),
     "balanced": Preset(
-        "balanced", "widths by measured sensitivity, one-shot selection, least squares, block reconstruction",
+        "balanced", "widths by measured sensitivity, one-shot selection, least squares, block reconstruction, a "
+                    "short output reconstruction",
         "sensitivity", {"fold": True, "lstsq": True, "bn": True, "sequential": False, "block_recon": True,
-                        "output_recon": False}),
+                        "output_recon": True},
+        # a sensitivity scan on 128 images (half the default) and 300 output-reconstruction steps (1,000 from the
+        # same start: 82.56 vs 82.53, seed 0): ResNet-56 at 50% FLOPs -0.68 over 3 seeds in about 2 minutes on 2
+        # CPU threads (`best`: -0.61 in about 5); see BENCHMARKS.md, "Presets".
+        {"n_images": 128},
+        compensation_options={"output_recon_steps": 300}),
     "best": Preset(
         "best", "widths and residual blocks by measured sensitivity, sequential selection with re-fits, least "
                 "squares, block reconstruction, output reconstruction",
@@ -101,8 +107,8 @@ def resolve_preset(
     comp.update(compensation or {})
     aopts = dict(chosen.allocation_options) | dict(allocation_options or {})
     alloc = allocation or chosen.allocation
-    if alloc != "sensitivity" and "depth" not in (allocation_options or {}):
-        aopts.pop("depth", None)  # the depth search is part of the sensitivity allocation
+    if alloc != "sensitivity":  # the preset's scan options (depth, images) belong to the sensitivity allocation
+        aopts = {k: v for k, v in aopts.items() if k in (allocation_options or {})}
     return {"preset": chosen.name, "allocation": alloc, "compensation": comp, "allocation_options": aopts,
             "compensation_options": dict(chosen.compensation_options)}
 

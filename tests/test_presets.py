@@ -40,10 +40,13 @@ def test_each_preset_selects_what_it_says() -> None:
     fast, balanced = resolve_preset("fast", has_calibration=True), resolve_preset("balanced", has_calibration=True)
     assert fast["allocation"] == "uniform" and not fast["compensation"]["sequential"]
     assert not fast["compensation"]["block_recon"] and fast["compensation"]["lstsq"]
-    assert not fast["compensation"]["output_recon"] and not balanced["compensation"]["output_recon"]
+    assert not fast["compensation"]["output_recon"] and fast["compensation_options"] == {}
     assert balanced["allocation"] == "sensitivity" and balanced["compensation"]["block_recon"]
-    assert not balanced["compensation"]["sequential"] and "depth" not in balanced["allocation_options"]
-    assert balanced["compensation_options"] == {} == fast["compensation_options"]
+    assert not balanced["compensation"]["sequential"] and balanced["allocation_options"] == {"n_images": 128}
+    uniform = resolve_preset("balanced", has_calibration=True, allocation="uniform")
+    assert uniform["allocation_options"] == {}  # the scan's options go with the sensitivity allocation
+    assert balanced["compensation"]["output_recon"]  # a short one: 300 steps instead of best's 1,000
+    assert balanced["compensation_options"] == {"output_recon_steps": 300}
     names = [p["name"] for p in presets_catalogue()]
     assert names == list(PRESETS) and all(p["summary"] for p in presets_catalogue())
 
@@ -100,6 +103,16 @@ def test_best_job_runs_every_stage_and_says_so(files: dict[str, Path], tmp_path:
     assert recon["steps"] == 72 and recon["held_out_images"] == 6 and isinstance(recon["kept"], bool)
     assert not recon["kept"] or recon["held_out_loss_after"] <= recon["held_out_loss_before"]
     assert abs(report["flops_reduction"] - 0.4) < 0.02
+    assert next(e for e in report["exports"] if e["format"] == "plan")["verified"]
+
+
+def test_balanced_job_runs_a_short_output_reconstruction(files: dict[str, Path], tmp_path: Path,
+                                                          one_thread_module: None) -> None:
+    report = _run(files, tmp_path, method="l1", preset="balanced")
+    assert report["preset"] == "balanced" and report["compensation_options"]["output_recon_steps"] == 300
+    assert report["allocation_options"]["n_images"] == 128 and not report["allocation_options"]["depth"]
+    assert report["compensation_options"]["sequential"] is False and not report.get("block_sensitivity")
+    assert report["block_recon"]["units"] and report["output_recon"]["steps"] == 72  # 72 passes over 42 images
     assert next(e for e in report["exports"] if e["format"] == "plan")["verified"]
 
 
