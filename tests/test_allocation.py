@@ -157,6 +157,24 @@ def test_budgeted_keep_with_blocks_matches_brute_force(seed: int) -> None:
     assert sv >= need and d == pytest.approx(best, abs=1e-9)
 
 
+def test_budgeted_keep_just_short_of_the_need_saves_the_most_it_can() -> None:
+    """A need within the 1% tolerance but above what every cut together saves (a latency target whose
+    profile barely allows it) gets the most saving choice, never the unpruned model."""
+    from simprune.pruning.allocation import budgeted_keep
+
+    specs = [_spec(f"g{i}", 8) for i in range(3)]
+    damage = {s.name: {8: 0.0, 4: 0.5, 1: 2.0} for s in specs}
+    most = 3 * 7.0  # every group at its smallest count (1 of 8) saves 7
+
+    def saving(s: object, k: int) -> float:
+        return float(s.n_channels - k)  # type: ignore[attr-defined]
+
+    keep, dropped = budgeted_keep(specs, damage, saving, most * 1.005, min_keep_frac=0.125)
+    assert keep == {s.name: 1 for s in specs} and dropped == []
+    with pytest.raises(InputError, match="out of reach"):
+        budgeted_keep(specs, damage, saving, most * 1.05, min_keep_frac=0.125)
+
+
 def test_min_ratio_meeting_is_the_smallest_ratio() -> None:
     from simprune.pruning.allocation import min_ratio_meeting
 

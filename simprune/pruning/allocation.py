@@ -390,6 +390,8 @@ def _min_damage_choice(options: dict[str, list[Option]], need: float, units: int
         back.append((choice, pred))
     out: dict[str, Any] = {}
     state = units
+    if not math.isfinite(float(dp[units])):  # within the callers' 1% tolerance but short: save the most reachable
+        state = int(torch.nonzero(torch.isfinite(dp)).max())
     for name, (choice, pred) in zip(reversed(names), reversed(back), strict=True):
         out[name] = options[name][int(choice[state])][0]
         state = int(pred[state])
