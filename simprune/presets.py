@@ -108,7 +108,7 @@ def resolve_preset(
     aopts = dict(chosen.allocation_options) | dict(allocation_options or {})
     alloc = allocation or chosen.allocation
     if alloc != "sensitivity":  # the preset's scan options (depth, images) belong to the sensitivity allocation
-        aopts = {k: v for k, v in aopts.items() if k in (allocation_options or {})}
+        aopts = dict(allocation_options or {})
     return {"preset": chosen.name, "allocation": alloc, "compensation": comp, "allocation_options": aopts,
             "compensation_options": dict(chosen.compensation_options)}
 
