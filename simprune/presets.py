@@ -15,6 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+BEST_BUDGET_MACS = 41_000_000
+"""The model cost (multiply-accumulates per input, about a CIFAR ResNet-20's) up to which ``best`` runs its
+sensitivity scan on 256 images and its reconstructions' full step counts; a costlier model gets proportionally
+fewer, down to ``balanced``'s (128 images, 200 / 300 steps; :func:`simprune.pruning.phases.budgeted`), so that
+these stages cost about the same whatever the model."""
+
 PresetName = Literal["fast", "balanced", "best", "data_free"]
 PRESET_NAMES: tuple[str, ...] = ("fast", "balanced", "best", "data_free")
 
@@ -48,15 +54,20 @@ PRESETS: dict[str, Preset] = {
         {"n_images": 128},
         compensation_options={"output_recon_steps": 300}),
     "best": Preset(
-        "best", "widths and residual blocks by measured sensitivity, sequential selection with re-fits, least "
-                "squares, block reconstruction, output reconstruction",
+        "best", "widths and residual blocks by measured sensitivity, sequential selection with re-fits (where it "
+                "can change the choice), least squares, block reconstruction, output reconstruction; the scan's "
+                "images and the reconstructions' steps scaled down on models costlier than a ResNet-20",
         "sensitivity", {"fold": True, "lstsq": True, "bn": True, "sequential": True, "block_recon": True,
                         "output_recon": True},
-        {"depth": True},
-        # block reconstruction, 600 steps on 1,024 images: +1.6 points over the 200 on 512 of `balanced` on
-        # ResNet-20 at 50% FLOPs (1,500 steps: no further gain); output reconstruction (the options' defaults:
-        # 1,000 steps, temperature 4): see BENCHMARKS.md, "Presets" and "Output reconstruction".
-        compensation_options={"block_recon_steps": 600, "block_recon_images": 1024}),
+        {"depth": True, "budget_macs": BEST_BUDGET_MACS},
+        # a sensitivity scan on 256 images; block reconstruction, 600 steps on 1,024 images: +1.6 points over
+        # the 200 on 512 of `balanced` on ResNet-20 at 50% FLOPs (1,500 steps: no further gain); output
+        # reconstruction, 1,000 steps (the options' defaults, temperature 4). The scan's images and both step
+        # counts are scaled by BEST_BUDGET_MACS / the model's MACs where that is under 1, down to `balanced`'s
+        # 128 images and 200 / 300 steps: a ResNet-56 (125 M MACs) gets 128 images and 200 / 327 steps, which on
+        # ResNet-56 do what the full counts do (BENCHMARKS.md, "Presets") in well under half the time.
+        compensation_options={"block_recon_steps": 600, "block_recon_images": 1024,
+                              "recon_budget_macs": BEST_BUDGET_MACS}),
     "data_free": Preset(
         "data_free", "no calibration data: uniform widths, the criterion's choice, no compensation",
         "uniform", {"fold": False, "lstsq": False, "bn": False, "sequential": False, "block_recon": False,

@@ -282,3 +282,36 @@ def test_lstsq_refits_convs_concatenated_at_an_offset(one_thread: None) -> None:
     assert report["compensation"]["lstsq"], report["compensation"]
     with torch.no_grad():
         assert pruned(calib).shape == (48, 7)
+
+
+def test_sequential_is_skipped_only_where_it_cannot_change_the_model(one_thread: None,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """l1 inside residual blocks: sequential selection would choose and fit exactly what one-shot does, so it is
+    skipped (and the report says so); in a plain chain each layer is the previous group's consumer and it runs;
+    a criterion that reads feature maps always runs it."""
+    from simprune.methods.registry import get_criterion
+    from simprune.pruning import phases
+    from simprune.pruning.batchnorm import reestimate_bn
+    from simprune.pruning.sequential import order_free
+    from simprune.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20", num_classes=10)
+    reestimate_bn(model, [torch.randn(16, 3, 16, 16)])
+    model.eval()
+    calib = torch.randn(32, 3, 16, 16)
+    kw: dict = {"pruning_ratio": 0.5, "calib": calib, "compensation": {"sequential": True}}
+    skipped, rep = prune(model, calib[:1], "l1", **kw)
+    assert rep["sequential"] == {"ran": False, "skipped_as_order_free": True}
+    monkeypatch.setattr(phases, "order_free", lambda *a: False)  # force the sequential path
+    forced, rep_forced = prune(model, calib[:1], "l1", **kw)
+    assert rep_forced["sequential"] == {"ran": True, "skipped_as_order_free": False}
+    assert rep["plan"]["layers"] == rep_forced["plan"]["layers"]
+    a, b = skipped.state_dict(), forced.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    monkeypatch.undo()
+
+    chain, x, _ = _trained_tiny()
+    _, rep = prune(chain, x[:2], "l1", pruning_ratio=0.5, calib=x[:64], compensation={"sequential": True})
+    assert rep["sequential"] == {"ran": True, "skipped_as_order_free": False}  # layer "3" consumes group "0"
+    assert not order_free(get_criterion("qsfm"), [], {}, model)  # reads feature maps: never skipped

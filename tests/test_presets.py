@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from simprune.jobspec import JobSpec
 from simprune.pipeline import PruneJob, run_prune_job
-from simprune.presets import PRESETS, default_preset, presets_catalogue, resolve_preset
+from simprune.presets import BEST_BUDGET_MACS, PRESETS, default_preset, presets_catalogue, resolve_preset
+from simprune.pruning.phases import RECON_MIN_STEPS, SCAN_MIN_IMAGES, budgeted, recon_steps
 from simprune.zoo import build_model
 
 HW = 16
@@ -25,8 +26,9 @@ def test_default_is_best_with_data_and_data_free_without(monkeypatch: pytest.Mon
     assert best["preset"] == "best" and best["allocation"] == "sensitivity"
     assert best["compensation"]["sequential"] and best["compensation"]["block_recon"]
     assert best["compensation"]["output_recon"]
-    assert best["allocation_options"] == {"depth": True}
-    assert best["compensation_options"] == {"block_recon_steps": 600, "block_recon_images": 1024}
+    assert best["allocation_options"] == {"depth": True, "budget_macs": BEST_BUDGET_MACS}
+    assert best["compensation_options"] == {"block_recon_steps": 600, "block_recon_images": 1024,
+                                            "recon_budget_macs": BEST_BUDGET_MACS}
     free = resolve_preset(None, has_calibration=False)
     assert free["preset"] == "data_free" and not any(free["compensation"].values())
     assert resolve_preset("best", has_calibration=False)["preset"] == "data_free"  # nothing to calibrate on
@@ -49,6 +51,36 @@ def test_each_preset_selects_what_it_says() -> None:
     assert balanced["compensation_options"] == {"output_recon_steps": 300}
     names = [p["name"] for p in presets_catalogue()]
     assert names == list(PRESETS) and all(p["summary"] for p in presets_catalogue())
+
+
+def test_best_scales_its_reconstruction_steps_down_on_costlier_models() -> None:
+    copts = resolve_preset("best", has_calibration=True)["compensation_options"]
+    copts = {"output_recon_steps": 1000} | copts
+    resnet20, resnet56 = 40_551_040, 125_485_696  # MACs per 32x32 image
+    assert recon_steps(copts, "block_recon_steps", resnet20) == 600
+    assert recon_steps(copts, "output_recon_steps", resnet20) == 1000
+    assert recon_steps(copts, "block_recon_steps", resnet56) == RECON_MIN_STEPS["block_recon_steps"] == 200
+    assert recon_steps(copts, "output_recon_steps", resnet56) == 327  # 1,000 x 41 M / 125.5 M
+    assert recon_steps(copts, "output_recon_steps", 4_100_000_000) == 300  # never below balanced's count
+    assert recon_steps(copts | {"output_recon_steps": 100}, "output_recon_steps", 4_100_000_000) == 100
+    unscaled = {"output_recon_steps": 1000, "recon_budget_macs": None}
+    assert recon_steps(unscaled, "output_recon_steps", resnet56) == 1000
+    scan = resolve_preset("best", has_calibration=True)["allocation_options"]["budget_macs"]  # the scan's images
+    assert budgeted(256, scan, resnet20, SCAN_MIN_IMAGES) == 256 and budgeted(256, scan, resnet56, 128) == 128
+
+
+def test_a_bad_reconstruction_budget_is_refused() -> None:
+    from simprune.errors import InputError
+    from simprune.pruning.phases import prune
+
+    model = build_model("cifar_resnet20")
+    x = torch.randn(4, 3, HW, HW)
+    for bad in (-1, 0, float("nan"), "lots", True):
+        with pytest.raises(InputError, match="recon_budget_macs"):
+            prune(model, x[:1], "l1", pruning_ratio=0.3, calib=x, compensation_options={"recon_budget_macs": bad})
+        with pytest.raises(InputError, match="budget_macs"):
+            prune(model, x[:1], "l1", target_flops_reduction=0.3, calib=x, allocation="sensitivity",
+                  allocation_options={"budget_macs": bad})
 
 
 def test_explicit_switches_win_over_the_preset() -> None:
@@ -95,6 +127,8 @@ def test_best_job_runs_every_stage_and_says_so(files: dict[str, Path], tmp_path:
     assert report["preset"] == "best" and report["allocation"] == "sensitivity"
     assert report["compensation_options"]["sequential"] is True
     assert report["compensation_options"]["block_recon_steps"] == 600  # the preset's longer reconstruction
+    assert report["block_recon"]["steps"] == 600  # a model cheaper than the budget: the full count
+    assert report["sequential"] == {"ran": False, "skipped_as_order_free": True}  # l1 inside blocks
     assert report["block_recon"]["units"] and report["block_recon"]["mean_error_after"] <= \
         report["block_recon"]["mean_error_before"]
     assert report["block_sensitivity"]  # the depth search weighed every removable block

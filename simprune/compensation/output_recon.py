@@ -94,14 +94,21 @@ def _schedule(i: int, steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (i - warm) / max(1, steps - warm)))
 
 
-@torch.no_grad()
-def _held_out_loss(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, temperature: float, batch: int) -> float:
-    """The teacher-student loss on ``x`` in fp32 (the checks that choose the checkpoint are not in bf16)."""
-    total = 0.0
-    for i in range(0, len(x), batch):
-        xb = x[i:i + batch]  # calibration images come channels-last (features.iter_inputs)
-        total += float(_loss(pruned(xb), dense(xb), temperature)) * len(xb)
-    return total / max(len(x), 1)
+class _HeldOut:
+    """The held-out images in batches with the dense model's outputs on them, computed once for all checks."""
+
+    def __init__(self, dense: nn.Module, x: torch.Tensor, batch: int) -> None:
+        self.batches = [x[i:i + batch] for i in range(0, len(x), batch)]  # channels-last (features.iter_inputs)
+        with torch.no_grad():
+            self.targets = [dense(xb) for xb in self.batches]
+        self.n = max(len(x), 1)
+
+    @torch.no_grad()
+    def loss(self, pruned: nn.Module, temperature: float) -> float:
+        """The teacher-student loss in fp32 (the checks that choose the checkpoint are not in bf16)."""
+        total = sum(float(_loss(pruned(xb), t, temperature)) * len(xb) for xb, t in zip(self.batches, self.targets,
+                                                                                         strict=True))
+        return total / self.n
 
 
 def reconstruct_outputs(
@@ -153,7 +160,8 @@ def reconstruct_outputs(
     half = use_bf16(bf16, dev)
     with channels_last(dense, pruned, enabled=fast_format and x.dim() == 4) as fmt:
         saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
-        before = _held_out_loss(dense, pruned, check_x, temperature, 256)
+        held_out = _HeldOut(dense, check_x, 256)
+        before = held_out.loss(pruned, temperature)
         best, best_step, checks, last = before, 0, max(1, steps // 10), before
         try:
             for p in params:
@@ -182,7 +190,7 @@ def reconstruct_outputs(
                     if progress is not None and (step + 1) % every == 0:
                         progress(step + 1, steps)
                     if (step + 1) % checks == 0 or step + 1 == steps:  # keep the best point seen on held-out images
-                        last = _held_out_loss(dense, pruned, check_x, temperature, 256)  # still in eval mode
+                        last = held_out.loss(pruned, temperature)  # still in eval mode
                         if math.isfinite(last) and last < best:
                             best, best_step = last, step + 1
                             if best_step < steps:  # the end point needs no copy: it is the model itself

@@ -238,6 +238,10 @@ class Criterion(Method):
     """
 
     seed: int = option(0, "random seed (ties, sampling)")
+    scores_own_weights: ClassVar[bool] = False
+    """The scores read only the group's producing layer and its BatchNorm (no feature maps, no other layer):
+    sequential selection then chooses what one-shot selection does where no earlier cut changes those layers
+    (:func:`simprune.pruning.sequential.order_free`)."""
 
     def scores(self, group: ChannelGroup) -> torch.Tensor:
         raise NotImplementedError(f"criterion '{self.name}' does not implement scores()")

@@ -30,6 +30,7 @@ class BNScale(Criterion):
 
     name = "bn_scale"
     needs_data = False
+    scores_own_weights = True
     summary = "|gamma| of the following BatchNorm (network slimming); L1 norm when there is none."
 
     def scores(self, group: ChannelGroup) -> torch.Tensor:

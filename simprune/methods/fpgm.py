@@ -23,6 +23,7 @@ class FPGM(ScoreCriterion):
 
     name = "fpgm"
     needs_data = False
+    scores_own_weights = True
     summary = "Distance to the geometric median of the layer's filters (He et al. 2019)."
 
     def scores(self, group: ChannelGroup) -> torch.Tensor:

@@ -22,6 +22,7 @@ class L1Norm(ScoreCriterion):
 
     name = "l1"
     needs_data = False
+    scores_own_weights = True
     summary = "Filter L1 norm (Li et al. 2017): smallest-norm filters are pruned."
 
     def scores(self, group: ChannelGroup) -> torch.Tensor:

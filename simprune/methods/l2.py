@@ -21,6 +21,7 @@ class L2Norm(ScoreCriterion):
 
     name = "l2"
     needs_data = False
+    scores_own_weights = True
     summary = "Filter L2 norm: smallest-norm filters are pruned."
 
     def scores(self, group: ChannelGroup) -> torch.Tensor:

@@ -23,6 +23,7 @@ class RandomCriterion(ScoreCriterion):
 
     name = "random"
     needs_data = False
+    scores_own_weights = True
     summary = "Uniform random scores (seeded): the floor a real criterion must beat."
 
     def scores(self, group: ChannelGroup) -> torch.Tensor:

@@ -142,6 +142,7 @@ SENSITIVITY_DEFAULTS: dict[str, object] = {
     "depth": False,
     "measure_rounds": 3,
     "latency_model": None,
+    "budget_macs": None,
 }
 """``allocation="sensitivity"`` options: calibration images scanned, keep fractions probed per group, the
 smallest fraction of a group's channels ever kept, the scan's local compensation ("lstsq" | "mean"), and
@@ -151,7 +152,9 @@ smallest fraction of a group's channels ever kept, the scan's local compensation
 timed here and the target the search aims at corrected by the measured speedup, at most this many times (0: off;
 the profile's single-group savings do not add up exactly and, on a noisy CPU, the search favours the groups
 whose savings noise overstated), and ``latency_model``: how a latency target's search reads the profile,
-``"pooled"`` or ``"measured"`` (None: pooled for CPU profiles; see :mod:`simprune.pruning.latency_model`)."""
+``"pooled"`` or ``"measured"`` (None: pooled for CPU profiles; see :mod:`simprune.pruning.latency_model`), and
+``budget_macs``: None, or a model cost in multiply-accumulates per input above which the scan's images are
+scaled down in proportion (not below 128; the ``best`` preset's, see :func:`simprune.pruning.phases.budgeted`)."""
 
 
 def _kl(dense_logp: torch.Tensor, logits: torch.Tensor) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ from simprune.pruning.features import collect_features, first_inputs, iter_input
 from simprune.pruning.groups import FlopsModel, GroupSpec, discover_groups, module_keep
 from simprune.pruning.latency_model import LATENCY_MODELS, LatencyModel, default_latency_model
 from simprune.pruning.report import per_layer_rows
-from simprune.pruning.sequential import prune_sequentially
+from simprune.pruning.sequential import order_free, prune_sequentially
 from simprune.pruning.surgery import remove_channels
 
 ProgressFn = Callable[[str, float], None]
@@ -81,7 +82,7 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
                                                 "output_recon_images": 1024, "output_recon_lr": 5e-4,
                                                 "output_recon_temperature": 4.0, "output_recon_batch": 64,
                                                 "output_recon_augment": "shift_flip",
-                                                "recon_bf16": False}
+                                                "recon_bf16": False, "recon_budget_macs": None}
 """Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
 (re-estimate BatchNorms inside the least-squares pass instead of after it), ``min_r2`` (folding threshold),
 ``sequential`` (select, remove and re-fit one group at a time on the pruned model's features, see
@@ -91,9 +92,38 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
 ``output_recon_temperature``, ``output_recon_batch`` and ``output_recon_augment`` (the ``output_recon``
 switch: label-free output reconstruction, see :mod:`simprune.compensation.output_recon`), ``recon_bf16`` (both
 reconstructions under bfloat16 autocast: True, False (the default: it cost ResNet-56 its output-reconstruction
-gain) or None = where the device computes bf16 natively, see :mod:`simprune.compute`), and
+gain) or None = where the device computes bf16 natively, see :mod:`simprune.compute`), ``recon_budget_macs``
+(None, or a model cost in multiply-accumulates per input: the two reconstructions' step counts are scaled down
+by ``budget / the dense model's MACs`` when the model costs more, not below :data:`RECON_MIN_STEPS`, so their
+compute stays about that of the budget's model; the ``best`` preset's, see :mod:`simprune.presets`), and
 :func:`~simprune.compensation.lstsq.reconstruct_consumers`'s ``ridge``, ``max_rows``, ``max_images``."""
 LSTSQ_OPTIONS = ("layers", "ridge", "max_rows", "max_images", "seed")
+RECON_MIN_STEPS = {"block_recon_steps": 200, "output_recon_steps": 300}
+"""The fewest steps a reconstruction stage's ``recon_budget_macs`` scaling leaves (the ``balanced`` preset's)."""
+SCAN_MIN_IMAGES = 128
+"""The fewest sensitivity-scan images the allocation option ``budget_macs`` leaves (the ``balanced`` preset's)."""
+
+
+def budgeted(count: int, budget: float | None, dense_macs: int, floor: int) -> int:
+    """``count`` (steps or images of a stage whose cost grows with the model's) scaled by ``budget /
+    dense_macs`` where that is under 1, so the stage costs about what it costs on a model of ``budget`` MACs;
+    never below ``floor`` (nor above ``count``). ``budget`` None: ``count``."""
+    if not budget:
+        return int(count)
+    scaled = round(int(count) * min(1.0, float(budget) / max(int(dense_macs), 1)))
+    return max(min(int(count), floor), scaled)
+
+
+def recon_steps(copts: dict[str, Any], key: str, dense_macs: int) -> int:
+    """The steps of a reconstruction stage (``key``: ``block_recon_steps`` or ``output_recon_steps``) under the
+    option ``recon_budget_macs`` (:func:`budgeted`, not below :data:`RECON_MIN_STEPS`)."""
+    return budgeted(int(copts[key]), copts.get("recon_budget_macs"), dense_macs, RECON_MIN_STEPS[key])
+
+
+def _check_budget(name: str, budget: Any) -> None:
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)
+                               or not math.isfinite(budget) or budget <= 0):
+        raise InputError(f"{name} must be a positive number of MACs or None, not {budget!r}")
 
 
 def chunked_select(crit: Criterion, group: ChannelGroup, n_keep: int, chunks: int) -> Selection:
@@ -147,6 +177,8 @@ class PruneRun:
     chosen_ratio: float | str | None = None
     keep_counts: dict[str, int] = field(default_factory=dict)
     sequential: bool = False
+    sequential_skipped: bool = False
+    """Sequential selection was asked for but would choose what one-shot selection does (it ran one-shot)."""
     selections: dict[str, Selection] = field(default_factory=dict)
     plan_layers: list[dict[str, Any]] = field(default_factory=list)
     lstsq_info: dict[str, Any] = field(default_factory=dict)
@@ -229,6 +261,7 @@ def _allocation_options(allocation_options: dict[str, Any] | None, allocation: s
         raise InputError(f"unknown allocation options: {sorted(unknown)}")
     aopts.update(allocation_options or {})
     aopts["depth"] = bool(aopts["depth"])
+    _check_budget("allocation option budget_macs", aopts["budget_macs"])
     if aopts["latency_model"] not in (None, *LATENCY_MODELS):
         raise InputError(f"allocation option 'latency_model' must be one of {', '.join(LATENCY_MODELS)}")
     if aopts["depth"] and allocation != "sensitivity":
@@ -258,6 +291,7 @@ def _compensation_settings(compensation: dict[str, bool] | None, compensation_op
         raise InputError(f"unknown compensation switch(es) {sorted(unknown_comp)}; valid: fold, lstsq, bn, "
                          "block_recon, output_recon, sequential")
     comp.update(given)
+    _check_budget("recon_budget_macs", copts.get("recon_budget_macs"))
     if calib is None:
         comp = {k: False for k in comp}
     return comp, copts
@@ -444,7 +478,8 @@ def _allocate_by_sensitivity(run: PruneRun) -> None:
     if target is None and run.profile is None:
         uniform = uniform_keep(run.specs, float(run.pruning_ratio), run.round_to)  # type: ignore[arg-type]
         target = 1.0 - run.flops_model.flops(uniform) / run.before["flops"]
-    scan_inputs = first_inputs(run.calib, int(run.aopts["n_images"]), run.device)
+    n_scan = budgeted(int(run.aopts["n_images"]), run.aopts["budget_macs"], run.before["flops"], SCAN_MIN_IMAGES)
+    scan_inputs = first_inputs(run.calib, n_scan, run.device)
     run.sensitivity = _given_damage(run) if run.aopts.get("damage") else _scan_damage(run, scan_inputs)
     run.timings["sensitivity_scan"] = round(time.perf_counter() - run.clock, 4)
     run.chosen_ratio = None if run.pruning_ratio is None else float(run.pruning_ratio)
@@ -651,7 +686,10 @@ def _select_one_shot(run: PruneRun) -> None:
 def _selection(run: PruneRun) -> None:
     """Which channels each group keeps."""
     run.progress("select", 0.4)
-    run.sequential = bool(run.copts.get("sequential")) and bool(run.comp.get("lstsq")) and run.dense is not None
+    wanted = bool(run.copts.get("sequential")) and bool(run.comp.get("lstsq")) and run.dense is not None
+    # a criterion scoring only each group's own weights, none changed by an earlier cut: one-shot is the same
+    run.sequential_skipped = wanted and order_free(run.crit, run.specs, run.keep_counts, run.work)
+    run.sequential = wanted and not run.sequential_skipped
     if run.sequential:
         _select_sequentially(run)
     else:
@@ -733,7 +771,8 @@ def _block_reconstruction(run: PruneRun) -> None:
     run.progress("block_recon", 0.9)
     run.block_recon_info = reconstruct_blocks(
         run.dense, run.work, block_units(run.work), run.calib, run.device,
-        n_images=int(run.copts["block_recon_images"]), steps=int(run.copts["block_recon_steps"]),
+        n_images=int(run.copts["block_recon_images"]),
+        steps=recon_steps(run.copts, "block_recon_steps", run.before["flops"]),
         lr=float(run.copts["block_recon_lr"]), bf16=run.copts.get("recon_bf16"), should_cancel=run.should_cancel,
         progress=lambda done, total: run.count("block_recon", 0.9, 0.95, "blocks reconstructed", done, total))
     run.stage_done("block_recon")
@@ -744,7 +783,7 @@ def _output_reconstruction(run: PruneRun) -> None:
     run.progress("output_recon", 0.95)
     run.output_recon_info = reconstruct_outputs(
         run.dense, run.work, run.calib, run.device, n_images=int(run.copts["output_recon_images"]),
-        steps=int(run.copts["output_recon_steps"]), lr=float(run.copts["output_recon_lr"]),
+        steps=recon_steps(run.copts, "output_recon_steps", run.before["flops"]), lr=float(run.copts["output_recon_lr"]),
         temperature=float(run.copts["output_recon_temperature"]), batch_size=int(run.copts["output_recon_batch"]),
         augment=str(run.copts["output_recon_augment"]),
         seed=int(run.copts.get("seed", 0)), bf16=run.copts.get("recon_bf16"), should_cancel=run.should_cancel,
@@ -786,6 +825,7 @@ def _report(run: PruneRun) -> dict[str, Any]:
         "round_to": run.round_to,
         "compensation": run.comp,
         "compensation_options": run.copts,
+        "sequential": {"ran": run.sequential, "skipped_as_order_free": run.sequential_skipped},
         "lstsq": run.lstsq_info,
         "block_recon": run.block_recon_info,
         "output_recon": run.output_recon_info,

@@ -41,6 +41,32 @@ def _dense_cache(dense: nn.Module, xs: torch.Tensor) -> PrefixCache | None:
         dense.train(was)
 
 
+def order_free(crit: Criterion, specs: list[GroupSpec], keep_counts: dict[str, int], model: nn.Module) -> bool:
+    """Whether the sequential path must choose exactly what the one-shot path chooses, so that it can be skipped.
+
+    True for a criterion whose scores read only each group's own producing layer and BatchNorm
+    (``Criterion.scores_own_weights``: l1, l2, fpgm, bn_scale, random) when no group's producing layer or
+    BatchNorm is changed by an earlier pruned group's cut or re-fit (its consumers, their BatchNorms, its
+    coupled members): the scores are then the dense model's, and the final least squares re-fits the same
+    consumers from the same inputs. This holds for residual networks pruned inside their blocks (each block's
+    first layer feeds only the block's second); in a plain chain each layer is the previous group's consumer,
+    and the sequential path runs.
+    """
+    if not getattr(crit, "scores_own_weights", False):
+        return False
+    mods = dict(model.named_modules())
+    changed: set[int] = set()
+    for spec in specs:
+        if keep_counts.get(spec.name, spec.n_channels) >= spec.n_channels:
+            continue
+        if id(spec.root) in changed or (spec.bn is not None and id(spec.bn) in changed):
+            return False
+        changed.update(id(c.module) for c in spec.consumers)
+        changed.update(id(b) for b in spec.consumer_bns.values())
+        changed.update(id(mods[n]) for n in (*spec.members, *spec.depthwise) if n in mods)
+    return True
+
+
 def prune_sequentially(
     work: nn.Module,
     dense: nn.Module,
