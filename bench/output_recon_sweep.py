@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                     if over_budget():
                         break
                     m = copy.deepcopy(pm)
-                    info = reconstruct_outputs(base, m, calib, device, seed=seed, **v)
+                    info = reconstruct_outputs(base, m, calib, device, **({"seed": seed} | v))
                     row = key | {"variant": v, "accuracy": accuracy(m, tx, ty, device), "base_pruned": pruned_acc,
                                  "distill": info}
                     record(row)

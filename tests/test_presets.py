@@ -14,7 +14,14 @@ from safetensors.torch import save_file
 from simprune.jobspec import JobSpec
 from simprune.pipeline import PruneJob, run_prune_job
 from simprune.presets import BEST_BUDGET_MACS, PRESETS, default_preset, presets_catalogue, resolve_preset
-from simprune.pruning.phases import RECON_MIN_STEPS, SCAN_MIN_IMAGES, budgeted, recon_steps
+from simprune.pruning.phases import (
+    DEFAULT_COMPENSATION_OPTIONS,
+    RECON_MIN_STEPS,
+    SCAN_MIN_IMAGES,
+    budgeted,
+    output_recon_lr,
+    recon_steps,
+)
 from simprune.zoo import build_model
 
 HW = 16
@@ -67,6 +74,10 @@ def test_best_scales_its_reconstruction_steps_down_on_costlier_models() -> None:
     assert recon_steps(unscaled, "output_recon_steps", resnet56) == 1000
     scan = resolve_preset("best", has_calibration=True)["allocation_options"]["budget_macs"]  # the scan's images
     assert budgeted(256, scan, resnet20, SCAN_MIN_IMAGES) == 256 and budgeted(256, scan, resnet56, 128) == 128
+    full = DEFAULT_COMPENSATION_OPTIONS | copts  # the output stage's rate follows its cut steps (square root)
+    assert full["output_recon_lr"] == 5e-4 and output_recon_lr(full, resnet20) == 5e-4
+    assert output_recon_lr(full, resnet56) == pytest.approx(5e-4 * (327 / 1000) ** 0.5)
+    assert output_recon_lr(DEFAULT_COMPENSATION_OPTIONS | unscaled, resnet56) == 5e-4
 
 
 def test_a_bad_reconstruction_budget_is_refused() -> None:
@@ -135,6 +146,7 @@ def test_best_job_runs_every_stage_and_says_so(files: dict[str, Path], tmp_path:
     recon = report["output_recon"]  # the whole model fitted to the dense outputs, kept only if it helped
     # 1,000 steps asked, 72 passes over 42 images allowed (batch 42): a small calibration set gets fewer steps
     assert recon["steps"] == 72 and recon["held_out_images"] == 6 and isinstance(recon["kept"], bool)
+    assert recon["lr"] == 5e-4  # steps capped by the small set, not cut by the budget: the full rate
     assert not recon["kept"] or recon["held_out_loss_after"] <= recon["held_out_loss_before"]
     assert abs(report["flops_reduction"] - 0.4) < 0.02
     assert next(e for e in report["exports"] if e["format"] == "plan")["verified"]

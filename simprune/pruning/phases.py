@@ -95,7 +95,8 @@ reconstructions under bfloat16 autocast: True, False (the default: it cost ResNe
 gain) or None = where the device computes bf16 natively, see :mod:`simprune.compute`), ``recon_budget_macs``
 (None, or a model cost in multiply-accumulates per input: the two reconstructions' step counts are scaled down
 by ``budget / the dense model's MACs`` when the model costs more, not below :data:`RECON_MIN_STEPS`, so their
-compute stays about that of the budget's model; the ``best`` preset's, see :mod:`simprune.presets`), and
+compute stays about that of the budget's model, and the output stage's learning rate with the square root of
+its steps' ratio, :func:`output_recon_lr`; the ``best`` preset's, see :mod:`simprune.presets`), and
 :func:`~simprune.compensation.lstsq.reconstruct_consumers`'s ``ridge``, ``max_rows``, ``max_images``."""
 LSTSQ_OPTIONS = ("layers", "ridge", "max_rows", "max_images", "seed")
 RECON_MIN_STEPS = {"block_recon_steps": 200, "output_recon_steps": 300}
@@ -118,6 +119,18 @@ def recon_steps(copts: dict[str, Any], key: str, dense_macs: int) -> int:
     """The steps of a reconstruction stage (``key``: ``block_recon_steps`` or ``output_recon_steps``) under the
     option ``recon_budget_macs`` (:func:`budgeted`, not below :data:`RECON_MIN_STEPS`)."""
     return budgeted(int(copts[key]), copts.get("recon_budget_macs"), dense_macs, RECON_MIN_STEPS[key])
+
+
+def output_recon_lr(copts: dict[str, Any], dense_macs: int) -> float:
+    """The output reconstruction's learning rate: ``output_recon_lr``, times sqrt(steps run / steps asked) where
+    ``recon_budget_macs`` cut the steps (:func:`recon_steps`). A fit cut short at the full rate can end no
+    better on its held-out images than it started and keep nothing: ResNet-56 in ``best`` (327 of 1,000 steps)
+    at 5e-4 kept nothing on one calibration seed in three (82.00; mean 82.67 over seeds 0-2), at 2.86e-4
+    (5e-4 x sqrt(0.327)) every seed gained (82.79 / 82.68 / 82.85, mean 82.77; BENCHMARKS.md, session 16)."""
+    lr = float(copts["output_recon_lr"])
+    asked = int(copts["output_recon_steps"])
+    run = recon_steps(copts, "output_recon_steps", dense_macs)
+    return lr * math.sqrt(run / asked) if 0 < run < asked else lr
 
 
 def _check_budget(name: str, budget: Any) -> None:
@@ -783,7 +796,8 @@ def _output_reconstruction(run: PruneRun) -> None:
     run.progress("output_recon", 0.95)
     run.output_recon_info = reconstruct_outputs(
         run.dense, run.work, run.calib, run.device, n_images=int(run.copts["output_recon_images"]),
-        steps=recon_steps(run.copts, "output_recon_steps", run.before["flops"]), lr=float(run.copts["output_recon_lr"]),
+        steps=recon_steps(run.copts, "output_recon_steps", run.before["flops"]),
+        lr=output_recon_lr(run.copts, run.before["flops"]),
         temperature=float(run.copts["output_recon_temperature"]), batch_size=int(run.copts["output_recon_batch"]),
         augment=str(run.copts["output_recon_augment"]),
         seed=int(run.copts.get("seed", 0)), bf16=run.copts.get("recon_bf16"), should_cancel=run.should_cancel,

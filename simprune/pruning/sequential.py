@@ -52,7 +52,7 @@ def order_free(crit: Criterion, specs: list[GroupSpec], keep_counts: dict[str, i
     first layer feeds only the block's second); in a plain chain each layer is the previous group's consumer,
     and the sequential path runs.
     """
-    if not getattr(crit, "scores_own_weights", False):
+    if not crit.scores_own_weights:
         return False
     mods = dict(model.named_modules())
     changed: set[int] = set()
