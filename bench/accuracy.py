@@ -28,11 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from simprune.allocator import keep_freed_memory
 from simprune.checkpoint import load_state_dict
 from simprune.data import open_dataset
 from simprune.pruning.phases import prune
 from simprune.zoo.cifar_resnet import IMAGENET_MEAN, IMAGENET_STD
 from simprune.zoo.registry import build_model
+
+keep_freed_memory()  # every benchmark script imports this module: same allocator settings as the CLI and worker
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 NETS = {"resnet56": ("cifar_resnet56", "resnet56-4bfd9763.th"), "resnet20": ("cifar_resnet20", "resnet20-12fca82f.th")}

@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from simprune.allocator import keep_freed_memory
+
 # Jobs in tests do not time dense vs pruned unless they ask (measure_latency=True): the latency tests do, and
 # the rest would spend seconds each on it. Set before any worker process starts, so they inherit it.
 os.environ.setdefault("SIMPRUNE_MEASURE_LATENCY", "0")
 # Likewise jobs that name no preset run the fast pipeline here (the operator setting), not the slower best one;
 # tests/test_presets.py runs every preset explicitly and checks the real default with the setting removed.
 os.environ.setdefault("SIMPRUNE_DEFAULT_PRESET", "fast")
+# Freed tensor memory kept in the process, as the CLI, the worker and the benchmarks do (simprune.allocator).
+keep_freed_memory()
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ from app.core.logs import current_job
 from app.models import Artifact, Dataset, DeviceProfile, Job, Model, new_id, utcnow
 from app.services.sweeper import attempt_prefix, job_time_limit
 from app.storage import LocalStorage, Storage, StorageError, get_storage
+from simprune.allocator import keep_freed_memory
 from simprune.errors import InputError, JobCancelled
 from simprune.jobspec import JobSpec
 from simprune.pipeline import PruneJob, run_prune_job
@@ -301,6 +302,7 @@ def _store_artifacts(settings: Settings, storage: Storage, job_id: str, attempt:
 def execute_job(job_id: str, settings: Settings | None = None) -> str:
     """Run job ``job_id`` to completion; returns its final status (or ``"skipped"`` if not claimable)."""
     settings = settings or get_settings()
+    keep_freed_memory()  # this (forked) worker process: large CPU passes without a page fault per tensor
     token = current_job.set(job_id)
     try:
         attempt = claim(settings, job_id)

@@ -14,6 +14,8 @@ from typing import Any
 
 import typer
 
+from simprune.allocator import keep_freed_memory
+
 PLUGIN_GROUP = "simprune.cli"
 SERVER_PLUGIN = "server"
 SERVER_COMMANDS = ("serve", "worker", "keys", "db")
@@ -84,5 +86,6 @@ def _register() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    keep_freed_memory()
     _register()
     app()
