@@ -81,10 +81,13 @@ def test_output_reconstruction_reports_its_precision_and_gives_weights_back_cont
         for p in pruned.parameters():
             p.mul_(1 + 0.2 * torch.randn_like(p))
     calib = torch.randn(48, 3, 16, 16)
-    for bf16 in (False, True):
+    for bf16, teacher_bf16 in ((False, False), (True, False), (False, True)):
         m = copy.deepcopy(pruned)
-        info = reconstruct_outputs(dense, m, calib, steps=30, lr=1e-3, batch_size=16, bf16=bf16)
-        assert info["bf16"] is bf16 and info["channels_last"] is True
+        info = reconstruct_outputs(dense, m, calib, steps=30, lr=1e-3, batch_size=16, bf16=bf16,
+                                   teacher_bf16=teacher_bf16)
+        assert info["bf16"] is bf16 and info["teacher_bf16"] is (bf16 or teacher_bf16)
+        assert info["channels_last"] is True
+        assert all(p.dtype == torch.float32 for p in m.parameters())
         assert info["held_out_loss_after"] < info["held_out_loss_before"]
         assert all(p.is_contiguous() for p in m.parameters()) and all(p.is_contiguous() for p in dense.parameters())
     plain = reconstruct_outputs(dense, copy.deepcopy(pruned), calib, steps=2, fast_format=False)

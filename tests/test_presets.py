@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from simprune.compute import bf16_native
 from simprune.jobspec import JobSpec
 from simprune.pipeline import PruneJob, run_prune_job
 from simprune.presets import BEST_BUDGET_MACS, PRESETS, default_preset, presets_catalogue, resolve_preset
@@ -147,6 +148,8 @@ def test_best_job_runs_every_stage_and_says_so(files: dict[str, Path], tmp_path:
     # 1,000 steps asked, 72 passes over 42 images allowed (batch 42): a small calibration set gets fewer steps
     assert recon["steps"] == 72 and recon["held_out_images"] == 6 and isinstance(recon["kept"], bool)
     assert recon["lr"] == 5e-4  # steps capped by the small set, not cut by the budget: the full rate
+    # the teacher's forward in bf16 where this CPU computes it natively, the student in fp32
+    assert recon["teacher_bf16"] is bf16_native(torch.device("cpu")) and recon["bf16"] is False
     assert not recon["kept"] or recon["held_out_loss_after"] <= recon["held_out_loss_before"]
     assert abs(report["flops_reduction"] - 0.4) < 0.02
     assert next(e for e in report["exports"] if e["format"] == "plan")["verified"]

@@ -82,7 +82,8 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
                                                 "output_recon_images": 1024, "output_recon_lr": 5e-4,
                                                 "output_recon_temperature": 4.0, "output_recon_batch": 64,
                                                 "output_recon_augment": "shift_flip",
-                                                "recon_bf16": False, "recon_budget_macs": None}
+                                                "recon_bf16": False, "output_recon_teacher_bf16": None,
+                                                "recon_budget_macs": None}
 """Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
 (re-estimate BatchNorms inside the least-squares pass instead of after it), ``min_r2`` (folding threshold),
 ``sequential`` (select, remove and re-fit one group at a time on the pruned model's features, see
@@ -92,7 +93,11 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
 ``output_recon_temperature``, ``output_recon_batch`` and ``output_recon_augment`` (the ``output_recon``
 switch: label-free output reconstruction, see :mod:`simprune.compensation.output_recon`), ``recon_bf16`` (both
 reconstructions under bfloat16 autocast: True, False (the default: it cost ResNet-56 its output-reconstruction
-gain) or None = where the device computes bf16 natively, see :mod:`simprune.compute`), ``recon_budget_macs``
+gain) or None = where the device computes bf16 natively, see :mod:`simprune.compute`),
+``output_recon_teacher_bf16`` (the output stage's dense forward alone under bf16 autocast, the student and its
+gradients in fp32; None, the default: where the device computes bf16 natively; 10-13% off the stage's time on a
+CPU with AMX, accuracy unchanged over 3 seeds on both CIFAR ResNets, BENCHMARKS.md session 17),
+``recon_budget_macs``
 (None, or a model cost in multiply-accumulates per input: the two reconstructions' step counts are scaled down
 by ``budget / the dense model's MACs`` when the model costs more, not below :data:`RECON_MIN_STEPS`, so their
 compute stays about that of the budget's model, and the output stage's learning rate with the square root of
@@ -800,7 +805,8 @@ def _output_reconstruction(run: PruneRun) -> None:
         lr=output_recon_lr(run.copts, run.before["flops"]),
         temperature=float(run.copts["output_recon_temperature"]), batch_size=int(run.copts["output_recon_batch"]),
         augment=str(run.copts["output_recon_augment"]),
-        seed=int(run.copts.get("seed", 0)), bf16=run.copts.get("recon_bf16"), should_cancel=run.should_cancel,
+        seed=int(run.copts.get("seed", 0)), bf16=run.copts.get("recon_bf16"),
+        teacher_bf16=run.copts.get("output_recon_teacher_bf16"), should_cancel=run.should_cancel,
         progress=lambda done, total: run.count("output_recon", 0.95, 0.99, "output reconstruction steps", done, total))
     run.stage_done("output_recon")
 
