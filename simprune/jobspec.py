@@ -114,6 +114,11 @@ class JobSpec(_Strict):
         default=None, description="How output reconstruction varies the calibration images: shifts and left-right "
         "mirroring (the default, for photos), shifts only (inputs whose mirror image is not the same class: "
         "spectrograms, text, digits) or none.")
+    output_recon_mix: Literal["auto", "cutmix", "mixup", "none"] | None = Field(
+        default=None, description="How output reconstruction mixes calibration images within a batch (the dense "
+        "and the pruned model see the same mixed images): cutmix (a box pasted from another image), mixup (a "
+        "blend of two images), none, or auto (the default: cutmix when the fit makes at least 48 passes over "
+        "its images, none on shorter fits).")
     calib_samples: int = Field(default=CALIB_SAMPLES, ge=1, le=1_000_000, description="Calibration samples used.")
     eval_samples: int | None = Field(default=None, ge=1, le=10_000_000, description="Limit evaluation samples.")
     batch_size: int = Field(default=128, ge=1, le=4096, description="Batch size of calibration and evaluation.")
@@ -240,6 +245,8 @@ class JobSpec(_Strict):
                                   allocation_options=None if self.depth is None else {"depth": self.depth})
         if self.output_recon_augment is not None:
             settings["compensation_options"]["output_recon_augment"] = self.output_recon_augment
+        if self.output_recon_mix is not None:
+            settings["compensation_options"]["output_recon_mix"] = self.output_recon_mix
         return settings
 
     def compensation_switches(self) -> dict[str, bool] | None:

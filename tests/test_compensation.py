@@ -234,6 +234,9 @@ def test_compensation_switches_validated(one_thread: None) -> None:
     model, x, _ = _trained_tiny()
     with pytest.raises(InputError, match="unknown compensation"):
         prune(model, x[:2], "l1", pruning_ratio=0.5, calib=x[:64], compensation={"folding": False})
+    for key in ("output_recon_augment", "output_recon_mix", "output_recon_keep"):
+        with pytest.raises(InputError, match=f"option {key} must be one of"):
+            prune(model, x[:2], "l1", pruning_ratio=0.5, calib=x[:64], compensation_options={key: "blend"})
     _, rep = prune(model, x[:2], "l1", pruning_ratio=0.5, calib=x[:64], compensation={"sequential": True})
     assert rep["compensation_options"]["sequential"] is True and "sequential" not in rep["compensation"]
 

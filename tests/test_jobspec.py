@@ -147,6 +147,10 @@ def test_output_reconstruction_switch() -> None:
     shifts = JobSpec(method="l1", target_flops_reduction=0.5, output_recon_augment="shift")
     assert shifts.settings(has_calibration=True)["compensation_options"]["output_recon_augment"] == "shift"
     assert _errors(method="l1", target_flops_reduction=0.5, output_recon_augment="mirror")
+    assert best["compensation_options"].get("output_recon_mix") is None  # the engine's default
+    mixed = JobSpec(method="l1", target_flops_reduction=0.5, output_recon_mix="mixup")
+    assert mixed.settings(has_calibration=True)["compensation_options"]["output_recon_mix"] == "mixup"
+    assert _errors(method="l1", target_flops_reduction=0.5, output_recon_mix="blend")
     from simprune.cli.local import _switches
 
     assert _switches(no_fold=False, no_lstsq=False, no_bn=False, sequential=None, block_recon=None,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from simprune.compensation.output_recon import _schedule, augment_images, reconstruct_outputs
+from simprune.compensation.output_recon import _schedule, augment_images, mix_images, reconstruct_outputs
 from simprune.errors import JobCancelled
 from simprune.pruning.phases import prune
 from simprune.zoo import build_model
@@ -54,6 +54,42 @@ def test_augmentation_choice(one_thread_module: None) -> None:
         assert reconstruct_outputs(dense, copy.deepcopy(pruned), x, steps=2, augment=choice)["augment"] == name
     with pytest.raises(ValueError, match="unknown augmentation"):
         reconstruct_outputs(dense, pruned, x, steps=2, augment="mirror")
+    for mix in ("none", "mixup", "cutmix"):
+        assert reconstruct_outputs(dense, copy.deepcopy(pruned), x, steps=2, mix=mix)["mix"] == mix
+    with pytest.raises(ValueError, match="unknown mixing"):
+        reconstruct_outputs(dense, pruned, x, steps=2, mix="blend")
+    with pytest.raises(ValueError, match="unknown checkpoint rule"):
+        reconstruct_outputs(dense, pruned, x, steps=2, keep="last")
+    # auto: cutmix only on fits of at least 48 passes over the 28 fitted images (batch 28: 48 steps)
+    assert reconstruct_outputs(dense, copy.deepcopy(pruned), x, steps=47, batch_size=28, mix="auto")["mix"] == "none"
+    assert reconstruct_outputs(dense, copy.deepcopy(pruned), x, steps=48, batch_size=28, mix="auto")["mix"] == "cutmix"
+
+
+def test_mixing_blends_images_of_the_same_batch() -> None:
+    values = torch.arange(1.0, 9.0)  # 8 images, each one constant value
+    x = values[:, None, None, None].expand(8, 3, 16, 16).contiguous()
+    assert mix_images(x, torch.Generator(), "none") is x
+    flat = torch.randn(4, 10)
+    assert mix_images(flat, torch.Generator(), "cutmix") is flat
+    mixed = mix_images(x, torch.Generator().manual_seed(0), "mixup")
+    for i in range(8):  # a constant image between its own value and another image's, the same over the image
+        assert torch.equal(mixed[i], mixed[i, 0, 0, 0].expand(3, 16, 16))
+        assert float(values.min()) <= float(mixed[i, 0, 0, 0]) <= float(values.max())
+    assert not torch.equal(mixed, x)
+    pasted = 0
+    for s in range(6):
+        cut = mix_images(x, torch.Generator().manual_seed(s), "cutmix")
+        for i in range(8):
+            kinds = cut[i].unique()
+            assert len(kinds) <= 2 and all(float(v) in values.tolist() for v in kinds)
+            other = cut[i, 0] != values[i]  # the pasted pixels form one box, the same in every channel
+            assert torch.equal(cut[i, 1] != values[i], other)
+            if other.any():
+                pasted += 1
+                rows, cols = other.any(1).nonzero().flatten(), other.any(0).nonzero().flatten()
+                box = other[int(rows.min()):int(rows.max()) + 1, int(cols.min()):int(cols.max()) + 1]
+                assert bool(box.all()) and int(box.sum()) == int(other.sum())
+    assert pasted > 24
 
 
 def test_reconstruction_brings_the_outputs_closer_on_unseen_images(one_thread_module: None,
@@ -61,6 +97,7 @@ def test_reconstruction_brings_the_outputs_closer_on_unseen_images(one_thread_mo
     dense, pruned, calib = pruned_resnet20(64)
     unseen = torch.randn(64, 3, 16, 16)
     before = _disagreement(dense, pruned, unseen)
+    start = copy.deepcopy(pruned)
     flags = [p.requires_grad for p in pruned.parameters()]
     seen: list[tuple[int, int]] = []
     info = reconstruct_outputs(dense, pruned, calib, steps=60, lr=1e-3, batch_size=16, temperature=2.0,
@@ -70,6 +107,10 @@ def test_reconstruction_brings_the_outputs_closer_on_unseen_images(one_thread_mo
     assert capped["steps"] == 7  # 2 passes over 56 images in batches of 16
     assert info["held_out_loss_after"] < info["held_out_loss_before"] and info["best_step"] > 0
     assert _disagreement(dense, pruned, unseen) < 0.8 * before
+    end = reconstruct_outputs(dense, start, calib, steps=30, lr=1e-3, batch_size=16, keep="end")
+    # "end": the end point is kept whenever it beats the start
+    assert end["keep"] == "end" and end["best_step"] == 30 and end["kept"]
+    assert end["held_out_loss_after"] == end["held_out_loss_last"] < end["held_out_loss_before"]
     assert seen[-1] == (60, 60) and not pruned.training
     assert [p.requires_grad for p in pruned.parameters()] == flags and all(p.grad is None for p in pruned.parameters())
 

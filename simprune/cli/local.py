@@ -156,6 +156,9 @@ def prune(
     output_recon_augment: Annotated[str | None, typer.Option(
         help="output reconstruction's image variations: shift_flip (default), shift (inputs whose mirror image "
         "is not the same class) or none")] = None,
+    output_recon_mix: Annotated[str | None, typer.Option(
+        help="output reconstruction's mixing of calibration images: auto (default: cutmix on fits of 48 "
+        "passes or more), cutmix, mixup or none")] = None,
     finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs after pruning")] = 0,
     train: Annotated[Path | None, typer.Option(help="training data for fine-tuning")] = None,
     train_samples: Annotated[int | None, typer.Option(help="limit training samples")] = None,
@@ -196,7 +199,7 @@ def prune(
         "allocation": allocation, "batch_size": batch_size, "seed": seed,
         "compensation": _switches(no_fold=no_fold, no_lstsq=no_lstsq, no_bn=no_bn, sequential=sequential,
                                   block_recon=block_recon, output_recon=output_recon), "preset": preset,
-        "output_recon_augment": output_recon_augment,
+        "output_recon_augment": output_recon_augment, "output_recon_mix": output_recon_mix,
         "finetune": _finetune_fields(finetune_epochs, train_samples, distill, batch_size, lr=lr,
                                      optimizer=optimizer, weight_decay=weight_decay),
     }

@@ -231,6 +231,8 @@ def submit(
         "--output-recon/--no-output-recon", help="Compensation: label-free output reconstruction.")] = None,
     output_recon_augment: Annotated[str | None, typer.Option(
         help="Output reconstruction's image variations: shift_flip, shift or none.")] = None,
+    output_recon_mix: Annotated[str | None, typer.Option(
+        help="Output reconstruction's mixing of calibration images: auto, cutmix, mixup or none.")] = None,
     calib: Annotated[str | None, typer.Option(help="Calibration data: a file or a dataset id.")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval", help="Evaluation data: a file or a dataset id.")] = None,
     train: Annotated[str | None, typer.Option(help="Training data: a file or a dataset id.")] = None,
@@ -277,6 +279,7 @@ def submit(
     fields: dict[str, Any] = {
         "options": dict(_parse_option(o) for o in option or []), "allocation": allocation, "round_to": round_to,
         "preset": preset, "depth": depth, "output_recon_augment": output_recon_augment,
+        "output_recon_mix": output_recon_mix,
         "compensation": comp or None, "calib_samples": calib_samples, "eval_samples": eval_samples,
         "batch_size": batch_size, "seed": seed, "exports": export, "time_limit_s": time_limit_s,
         "target_speedup": target_speedup,

@@ -8,12 +8,15 @@ the teacher and no labels:
     || pruned(x) - dense(x) ||^2 / mean(dense(x)^2)                   (any other output)
 
 Images are shifted by up to 1/8 of their size (zero padding) and mirrored left-right at random each step
-(``augment="shift_flip"``; ``"shift"`` for inputs whose mirror image is not the same class, ``"none"``), so a
-thousand calibration images stand for more. Both models stay in eval mode (BatchNorm
+(``augment="shift_flip"``; ``"shift"`` for inputs whose mirror image is not the same class, ``"none"``), and can
+be mixed within the batch (``mix="cutmix"``: a box pasted from another image; ``"mixup"``: a blend of two;
+``"auto"``: cutmix on long fits only), the dense and the pruned model seeing the same mixed images ("function
+matching" distillation), so a thousand calibration images stand for more. Both models stay in eval mode (BatchNorm
 keeps its running statistics; its affine parameters are fitted). One image in eight is held out (drawn at
 random: calibration sets often come sorted by class): the teacher-student loss on those unseen images is
-checked ten times during the fit and the stage ends with the best checkpoint, or with the model as it came if
-none was better, so it cannot make the model worse at agreeing with the dense one on data it did not fit. With
+checked ten times during the fit and the stage ends with the best checkpoint (``keep="best"``; ``"end"``: the
+end point whenever it beats the start), or with the model as it came if none was better, so it cannot make the
+model worse at agreeing with the dense one on data it did not fit. With
 fewer than 16 images none are held out and the checks use the fitted ones.
 """
 
@@ -86,6 +89,44 @@ def augment_images(x: torch.Tensor, g: torch.Generator, mirror: bool = True) -> 
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+MIXES = ("none", "mixup", "cutmix")
+"""Mixing of calibration images within a step's batch (teacher and student see the same mixed images, as in
+"function matching" distillation): none, mixup (a per-image convex blend with another image of the batch, weight
+drawn uniformly) or cutmix (a random box pasted from another image of the batch). ``reconstruct_outputs`` also
+takes "auto": cutmix when the fit makes at least :data:`AUTO_MIX_PASSES` passes over its images, else none."""
+AUTO_MIX_PASSES = 48.0
+"""Mixing pays on long fits and costs on short ones (BENCHMARKS.md, session 18): ResNet-20, 1,000 steps of 64
+over 896 images (71 passes), cutmix +0.36 points over 3 calibration seeds, every seed gaining; ResNet-56, 327
+steps (23 passes), cutmix -0.63 and mixup -0.12."""
+
+
+def mix_images(x: torch.Tensor, g: torch.Generator, mix: str) -> torch.Tensor:
+    """Blend each image of a batch (N, C, H, W) with another image of the same batch by ``mix`` (see
+    :data:`MIXES`); other shapes and ``"none"`` are returned unchanged."""
+    if mix == "none" or x.dim() != 4 or len(x) < 2:
+        return x
+    n, _, h, w = x.shape
+    other = x[torch.randperm(n, generator=g).to(x.device)]
+    lam = torch.rand(n, generator=g).to(x.device, x.dtype)
+    if mix == "mixup":
+        lam = lam[:, None, None, None]
+        return lam * x + (1 - lam) * other
+    # cutmix: a box of area (1 - lam) of the image, centred uniformly, clipped at the borders
+    side = (1 - lam).sqrt()
+    cy, cx = torch.rand(n, generator=g).to(x.device), torch.rand(n, generator=g).to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :] + 0.5
+    cols = torch.arange(w, device=x.device)[None, :] + 0.5
+    in_r = ((rows - cy[:, None] * h).abs() <= side[:, None] * h / 2)
+    in_c = ((cols - cx[:, None] * w).abs() <= side[:, None] * w / 2)
+    box = (in_r[:, :, None] & in_c[:, None, :])[:, None]
+    return torch.where(box, other, x)
+
+
+KEEPS = ("best", "end")
+"""Which point of the fit the stage keeps: the checkpoint with the lowest held-out loss ("best"), or the end
+point whenever its held-out loss is below the starting model's ("end"; else the best checkpoint)."""
+
+
 def _schedule(i: int, steps: int) -> float:
     """Learning-rate factor at step ``i``: linear warm-up over the first 5% of the steps, then cosine decay."""
     warm = max(1, steps // 20)
@@ -123,6 +164,8 @@ def reconstruct_outputs(
     batch_size: int = 64,
     temperature: float = 1.0,
     augment: bool | str = "shift_flip",
+    mix: str = "none",
+    keep: str = "best",
     max_passes: float = 72.0,
     seed: int = 0,
     bf16: bool | None = False,
@@ -145,6 +188,10 @@ def reconstruct_outputs(
     augment = {True: "shift_flip", False: "none"}.get(augment, augment)  # type: ignore[call-overload]
     if augment not in AUGMENTS:
         raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTS)}")
+    if keep not in KEEPS:
+        raise ValueError(f"unknown checkpoint rule {keep!r}; choose one of {', '.join(KEEPS)}")
+    if mix not in (*MIXES, "auto"):
+        raise ValueError(f"unknown mixing {mix!r}; choose one of {', '.join(MIXES)}, auto")
     x = first_inputs(calib, n_images, device)
     g = torch.Generator().manual_seed(seed)
     n_hold = len(x) // 8 if len(x) >= 16 else 0
@@ -153,6 +200,8 @@ def reconstruct_outputs(
     check_x = hold_x if n_hold else fit_x  # too few images to hold some out: check on the fitted ones
     batch_size = min(batch_size, len(fit_x))
     steps = min(steps, math.ceil(max_passes * len(fit_x) / max(batch_size, 1)))
+    if mix == "auto":
+        mix = "cutmix" if steps * batch_size >= AUTO_MIX_PASSES * len(fit_x) > 0 else "none"
     if not len(fit_x) or steps <= 0:
         return {"steps": 0, "kept": False, "seconds": round(time.perf_counter() - t0, 3), "n_images": len(x)}
     was = dense.training, pruned.training
@@ -182,6 +231,7 @@ def reconstruct_outputs(
                     xb = fit_x[idx]
                     if augment != "none":
                         xb = augment_images(xb, g, mirror=augment == "shift_flip")
+                    xb = mix_images(xb, g, mix)
                     xb = to_channels_last(xb, fmt)
                     with torch.no_grad(), autocast(dev, teacher_half):
                         teacher = dense(xb)
@@ -206,11 +256,13 @@ def reconstruct_outputs(
                 p.grad = None
             dense.train(was[0])
             pruned.train(was[1])
+    if keep == "end" and math.isfinite(last) and last < before:
+        best, best_step = last, steps
     kept = best_step > 0
     if best_step != steps:  # also when the fit diverged (a non-finite loss is never the best)
         pruned.load_state_dict(saved)  # the best checkpoint (the model as it came if none was better)
     return {"steps": steps, "lr": lr, "batch_size": batch_size, "temperature": temperature, "augment": augment,
-            "bf16": half, "teacher_bf16": teacher_half, "channels_last": fmt,
+            "mix": mix, "keep": keep, "bf16": half, "teacher_bf16": teacher_half, "channels_last": fmt,
             "n_images": len(fit_x), "held_out_images": n_hold,
             "held_out_loss_before": round(before, 6), "held_out_loss_after": round(best, 6),
             "held_out_loss_last": round(last, 6) if math.isfinite(last) else None,

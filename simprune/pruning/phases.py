@@ -29,7 +29,7 @@ from torch import nn
 from simprune.compensation.block_recon import block_units, reconstruct_blocks
 from simprune.compensation.fold import fold_removed
 from simprune.compensation.lstsq import reconstruct_consumers
-from simprune.compensation.output_recon import reconstruct_outputs
+from simprune.compensation.output_recon import AUGMENTS, KEEPS, MIXES, reconstruct_outputs
 from simprune.device import select_device
 from simprune.errors import InputError, JobCancelled
 from simprune.flops import count_model
@@ -82,6 +82,7 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
                                                 "output_recon_images": 1024, "output_recon_lr": 5e-4,
                                                 "output_recon_temperature": 4.0, "output_recon_batch": 64,
                                                 "output_recon_augment": "shift_flip",
+                                                "output_recon_mix": "auto", "output_recon_keep": "best",
                                                 "recon_bf16": False, "output_recon_teacher_bf16": None,
                                                 "recon_budget_macs": None}
 """Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
@@ -90,10 +91,11 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
 :mod:`simprune.pruning.sequential`; needs least squares), ``sequential_images``, ``block_recon_steps``,
 ``block_recon_images`` and ``block_recon_lr`` (the ``block_recon`` switch: label-free block reconstruction, see
 :mod:`simprune.compensation.block_recon`), ``output_recon_steps``, ``output_recon_images``, ``output_recon_lr``,
-``output_recon_temperature``, ``output_recon_batch`` and ``output_recon_augment`` (the ``output_recon``
-switch: label-free output reconstruction, see :mod:`simprune.compensation.output_recon`), ``recon_bf16`` (both
-reconstructions under bfloat16 autocast: True, False (the default: it cost ResNet-56 its output-reconstruction
-gain) or None = where the device computes bf16 natively, see :mod:`simprune.compute`),
+``output_recon_temperature``, ``output_recon_batch``, ``output_recon_augment``, ``output_recon_mix`` and
+``output_recon_keep`` (the ``output_recon`` switch: label-free output reconstruction, see
+:mod:`simprune.compensation.output_recon`), ``recon_bf16`` (both reconstructions under bfloat16 autocast: True,
+False (the default: it cost ResNet-56 its output-reconstruction gain) or None = where the device computes bf16
+natively, see :mod:`simprune.compute`),
 ``output_recon_teacher_bf16`` (the output stage's dense forward alone under bf16 autocast, the student and its
 gradients in fp32; None, the default: where the device computes bf16 natively; 10-13% off the stage's time on a
 CPU with AMX, accuracy unchanged over 3 seeds on both CIFAR ResNets, BENCHMARKS.md session 17),
@@ -310,6 +312,10 @@ def _compensation_settings(compensation: dict[str, bool] | None, compensation_op
                          "block_recon, output_recon, sequential")
     comp.update(given)
     _check_budget("recon_budget_macs", copts.get("recon_budget_macs"))
+    for key, allowed in (("output_recon_augment", AUGMENTS), ("output_recon_mix", (*MIXES, "auto")),
+                         ("output_recon_keep", KEEPS)):
+        if copts[key] not in allowed:  # refused before any work, not at the last stage
+            raise InputError(f"compensation option {key} must be one of {', '.join(allowed)}; got {copts[key]!r}")
     if calib is None:
         comp = {k: False for k in comp}
     return comp, copts
@@ -804,7 +810,8 @@ def _output_reconstruction(run: PruneRun) -> None:
         steps=recon_steps(run.copts, "output_recon_steps", run.before["flops"]),
         lr=output_recon_lr(run.copts, run.before["flops"]),
         temperature=float(run.copts["output_recon_temperature"]), batch_size=int(run.copts["output_recon_batch"]),
-        augment=str(run.copts["output_recon_augment"]),
+        augment=str(run.copts["output_recon_augment"]), mix=str(run.copts["output_recon_mix"]),
+        keep=str(run.copts["output_recon_keep"]),
         seed=int(run.copts.get("seed", 0)), bf16=run.copts.get("recon_bf16"),
         teacher_bf16=run.copts.get("output_recon_teacher_bf16"), should_cancel=run.should_cancel,
         progress=lambda done, total: run.count("output_recon", 0.95, 0.99, "output reconstruction steps", done, total))

@@ -213,6 +213,7 @@ def test_jobs_idempotency_validation_pagination_cancel(api: TestClient, data_fil
         ({**req, "surprise": 1}, 422),
         ({**req, "compensation": {"folding": False}}, 422),
         ({**req, "output_recon_augment": "mirror"}, 422),
+        ({**req, "output_recon_mix": "blend"}, 422),
     ]
     data_methods = [m["name"] for m in api.get("/v1/methods").json()["items"] if m["needs_data"]]
     if data_methods:

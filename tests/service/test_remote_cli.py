@@ -68,6 +68,7 @@ def test_submit_every_field_reuses_uploads_and_downloads(cli: typer.Typer, live:
     res = run(cli, live, "submit", str(data_files["ckpt"]), "--arch", "cifar_resnet20", "--method", "l1",
               "--target-flops-reduction", "0.3", "-o", "seed=3", "--allocation", "global", "--round-to", "2",
               "--no-bn", "--sequential", "--no-output-recon", "--output-recon-augment", "shift",
+              "--output-recon-mix", "none",
               "--calib", npz, "--eval", npz, "--train", npz,
               "--calib-samples", "16",
               "--eval-samples", "16", "--batch-size", "8", "--seed", "1", "--export", "onnx", "--export",
@@ -83,7 +84,7 @@ def test_submit_every_field_reuses_uploads_and_downloads(cli: typer.Typer, live:
     spec = job["spec"]
     assert spec["options"] == {"seed": 3} and spec["allocation"] == "global" and spec["round_to"] == 2
     assert spec["compensation"] == {"bn": False, "sequential": True, "output_recon": False}
-    assert spec["output_recon_augment"] == "shift"
+    assert spec["output_recon_augment"] == "shift" and spec["output_recon_mix"] == "none"
     assert spec["finetune"]["epochs"] == 1 and spec["finetune"]["distill"] is False
     assert spec["finetune"]["max_steps_per_epoch"] == 2 and spec["time_limit_s"] == 300
     assert job["calibration_dataset_id"] == job["eval_dataset_id"] == job["train_dataset_id"]
