@@ -63,6 +63,9 @@ def test_augmentation_choice(one_thread_module: None) -> None:
     # auto: cutmix only on fits of at least 48 passes over the 28 fitted images (batch 28: 48 steps)
     assert reconstruct_outputs(dense, copy.deepcopy(pruned), x, steps=47, batch_size=28, mix="auto")["mix"] == "none"
     assert reconstruct_outputs(dense, copy.deepcopy(pruned), x, steps=48, batch_size=28, mix="auto")["mix"] == "cutmix"
+    mlp = nn.Sequential(nn.Linear(6, 3))  # not images: auto never mixes
+    assert reconstruct_outputs(mlp, copy.deepcopy(mlp), torch.randn(32, 6), steps=48, batch_size=28,
+                               mix="auto")["mix"] == "none"
 
 
 def test_mixing_blends_images_of_the_same_batch() -> None:

@@ -93,7 +93,8 @@ MIXES = ("none", "mixup", "cutmix")
 """Mixing of calibration images within a step's batch (teacher and student see the same mixed images, as in
 "function matching" distillation): none, mixup (a per-image convex blend with another image of the batch, weight
 drawn uniformly) or cutmix (a random box pasted from another image of the batch). ``reconstruct_outputs`` also
-takes "auto": cutmix when the fit makes at least :data:`AUTO_MIX_PASSES` passes over its images, else none."""
+takes "auto": cutmix when the inputs are images and the fit makes at least :data:`AUTO_MIX_PASSES` passes over
+them, else none."""
 AUTO_MIX_PASSES = 48.0
 """Mixing pays on long fits and costs on short ones (BENCHMARKS.md, session 18): ResNet-20, 1,000 steps of 64
 over 896 images (71 passes), cutmix +0.36 points over 3 calibration seeds, every seed gaining; ResNet-56, 327
@@ -200,8 +201,9 @@ def reconstruct_outputs(
     check_x = hold_x if n_hold else fit_x  # too few images to hold some out: check on the fitted ones
     batch_size = min(batch_size, len(fit_x))
     steps = min(steps, math.ceil(max_passes * len(fit_x) / max(batch_size, 1)))
-    if mix == "auto":
-        mix = "cutmix" if steps * batch_size >= AUTO_MIX_PASSES * len(fit_x) > 0 else "none"
+    if mix == "auto":  # images only: other inputs are never mixed, and the report says so
+        long_fit = steps * batch_size >= AUTO_MIX_PASSES * len(fit_x) > 0
+        mix = "cutmix" if long_fit and x.dim() == 4 else "none"
     if not len(fit_x) or steps <= 0:
         return {"steps": 0, "kept": False, "seconds": round(time.perf_counter() - t0, 3), "n_images": len(x)}
     was = dense.training, pruned.training
