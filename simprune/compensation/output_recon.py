@@ -95,6 +95,8 @@ MIXES = ("none", "mixup", "cutmix")
 drawn uniformly) or cutmix (a random box pasted from another image of the batch). ``reconstruct_outputs`` also
 takes "auto": cutmix when the inputs are images and the fit makes at least :data:`AUTO_MIX_PASSES` passes over
 them, else none."""
+MIX_CHOICES = (*MIXES, "auto")
+"""What ``reconstruct_outputs`` (and the ``output_recon_mix`` option) accepts."""
 AUTO_MIX_PASSES = 48.0
 """Mixing pays on long fits and costs on short ones (BENCHMARKS.md, session 18): ResNet-20, 1,000 steps of 64
 over 896 images (71 passes), cutmix +0.36 points over 3 calibration seeds, every seed gaining; ResNet-56, 327
@@ -191,8 +193,8 @@ def reconstruct_outputs(
         raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTS)}")
     if keep not in KEEPS:
         raise ValueError(f"unknown checkpoint rule {keep!r}; choose one of {', '.join(KEEPS)}")
-    if mix not in (*MIXES, "auto"):
-        raise ValueError(f"unknown mixing {mix!r}; choose one of {', '.join(MIXES)}, auto")
+    if mix not in MIX_CHOICES:
+        raise ValueError(f"unknown mixing {mix!r}; choose one of {', '.join(MIX_CHOICES)}")
     x = first_inputs(calib, n_images, device)
     g = torch.Generator().manual_seed(seed)
     n_hold = len(x) // 8 if len(x) >= 16 else 0

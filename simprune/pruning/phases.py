@@ -29,7 +29,7 @@ from torch import nn
 from simprune.compensation.block_recon import block_units, reconstruct_blocks
 from simprune.compensation.fold import fold_removed
 from simprune.compensation.lstsq import reconstruct_consumers
-from simprune.compensation.output_recon import AUGMENTS, KEEPS, MIXES, reconstruct_outputs
+from simprune.compensation.output_recon import AUGMENTS, KEEPS, MIX_CHOICES, reconstruct_outputs
 from simprune.device import select_device
 from simprune.errors import InputError, JobCancelled
 from simprune.flops import count_model
@@ -312,7 +312,7 @@ def _compensation_settings(compensation: dict[str, bool] | None, compensation_op
                          "block_recon, output_recon, sequential")
     comp.update(given)
     _check_budget("recon_budget_macs", copts.get("recon_budget_macs"))
-    for key, allowed in (("output_recon_augment", AUGMENTS), ("output_recon_mix", (*MIXES, "auto")),
+    for key, allowed in (("output_recon_augment", AUGMENTS), ("output_recon_mix", MIX_CHOICES),
                          ("output_recon_keep", KEEPS)):
         if copts[key] not in allowed:  # refused before any work, not at the last stage
             raise InputError(f"compensation option {key} must be one of {', '.join(allowed)}; got {copts[key]!r}")
