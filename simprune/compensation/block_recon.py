@@ -25,6 +25,7 @@ from torch import nn
 
 from simprune.compute import autocast, channels_last, to_channels_last, use_bf16
 from simprune.errors import JobCancelled
+from simprune.folded_norms import folded_batchnorm
 from simprune.pruning.features import first_inputs
 from simprune.pruning.prefix_cache import PrefixCache, largest_output_bytes
 
@@ -159,13 +160,15 @@ def reconstruct_blocks(
     seed: int = 0,
     bf16: bool | None = False,
     fast_format: bool = True,
+    fold_norms: bool = True,
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Fit every unit of ``pruned`` named in ``units`` (module paths present in both models) to the dense one's
     output on the first ``n_images`` calibration inputs, ``steps`` Adam steps each (channels-last with
     ``fast_format``, under bf16 autocast with ``bf16``; None: where the device computes bf16 natively; off by
-    default, as in output reconstruction). Returns
+    default, as in output reconstruction; a unit's convolution-BatchNorm pairs computed as one convolution with
+    ``fold_norms``: :func:`simprune.folded_norms.folded_batchnorm`). Returns
     per-unit relative errors before and after (in fp32), and the time spent. Units without parameters, or absent
     from either model, are skipped."""
     t0 = time.perf_counter()
@@ -178,7 +181,7 @@ def reconstruct_blocks(
     pruned.eval()
     rows: list[dict[str, Any]] = []
     caches: dict[int, tuple[PrefixCache, PrefixCache]] = {}
-    fast = (use_bf16(bf16, x.device), fast_format)
+    fast = (use_bf16(bf16, x.device), fast_format, fold_norms)
     try:
         for i, name in enumerate(todo):
             if should_cancel is not None and should_cancel():
@@ -201,7 +204,7 @@ def reconstruct_blocks(
 def _reconstruct_unit(dense: nn.Module, pruned: nn.Module, d_unit: nn.Module, p_unit: nn.Module, name: str,
                       x: torch.Tensor, steps: int, lr: float, batch: int, seed: int,
                       caches: dict[int, tuple[PrefixCache, PrefixCache]],
-                      fast: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
+                      fast: tuple[bool, bool, bool] = (False, False, False)) -> dict[str, Any]:
     """Capture one unit's pruned-model inputs and dense targets (within the float budget), fit, keep if better.
 
     ``caches`` holds, per image count, prefix caches of both models: units are fitted in execution order, so
@@ -224,10 +227,12 @@ def _reconstruct_unit(dense: nn.Module, pruned: nn.Module, d_unit: nn.Module, p_
     else:  # activations too large for one pass over all images: batches of 64, each run up to the unit
         inp = _capture(pruned, p_unit, xs, 64, "in")
         target = _capture(dense, d_unit, xs, 64, "out")
-    before = _rel_error(p_unit, inp, target, 64)
-    saved = {k: v.detach().clone() for k, v in p_unit.state_dict().items()}
-    _fit_unit(p_unit, inp, target, steps, lr, batch, seed, *fast)
-    after = _rel_error(p_unit, inp, target, 64)
+    bf16, fast_format, fold_norms = fast
+    with folded_batchnorm(p_unit, inp[:2], fold_norms):
+        before = _rel_error(p_unit, inp, target, 64)
+        saved = {k: v.detach().clone() for k, v in p_unit.state_dict().items()}
+        _fit_unit(p_unit, inp, target, steps, lr, batch, seed, bf16, fast_format)
+        after = _rel_error(p_unit, inp, target, 64)
     if not math.isfinite(after) or after > before:
         p_unit.load_state_dict(saved)
         after = before

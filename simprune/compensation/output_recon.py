@@ -33,6 +33,7 @@ from torch import nn
 
 from simprune.compute import autocast, channels_last, to_channels_last, use_bf16
 from simprune.errors import JobCancelled
+from simprune.folded_norms import folded_batchnorm
 from simprune.pruning.features import first_inputs
 
 
@@ -174,6 +175,7 @@ def reconstruct_outputs(
     bf16: bool | None = False,
     teacher_bf16: bool | None = None,
     fast_format: bool = True,
+    fold_norms: bool = True,
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
@@ -185,7 +187,9 @@ def reconstruct_outputs(
     fp32 one gained 0.3 points); weights stay fp32 and the held-out checks run in fp32. ``teacher_bf16`` runs
     only the dense model's forward of each step under bf16 autocast, the student and its gradients staying in
     fp32 (None, the default: where the device computes bf16 natively; it did not move the accuracy of either
-    CIFAR ResNet). Returns the steps taken,
+    CIFAR ResNet). ``fold_norms`` computes each convolution-BatchNorm pair of both models as one convolution
+    during the stage (:func:`simprune.folded_norms.folded_batchnorm`: same parameters and gradients, less work).
+    Returns the steps taken,
     the held-out loss before and after, whether the result was kept, and the time spent."""
     t0 = time.perf_counter()
     augment = {True: "shift_flip", False: "none"}.get(augment, augment)  # type: ignore[call-overload]
@@ -216,7 +220,9 @@ def reconstruct_outputs(
     dev = x.device
     half = use_bf16(bf16, dev)
     teacher_half = half or use_bf16(teacher_bf16, dev)
-    with channels_last(dense, pruned, enabled=fast_format and x.dim() == 4) as fmt:
+    with (channels_last(dense, pruned, enabled=fast_format and x.dim() == 4) as fmt,
+          folded_batchnorm(dense, to_channels_last(x[:2], fmt), fold_norms) as dense_folded,
+          folded_batchnorm(pruned, to_channels_last(x[:2], fmt), fold_norms) as pruned_folded):
         saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
         held_out = _HeldOut(dense, check_x, 256)
         before = held_out.loss(pruned, temperature)
@@ -267,6 +273,7 @@ def reconstruct_outputs(
         pruned.load_state_dict(saved)  # the best checkpoint (the model as it came if none was better)
     return {"steps": steps, "lr": lr, "batch_size": batch_size, "temperature": temperature, "augment": augment,
             "mix": mix, "keep": keep, "bf16": half, "teacher_bf16": teacher_half, "channels_last": fmt,
+            "folded_norms": {"dense": dense_folded, "pruned": pruned_folded},
             "n_images": len(fit_x), "held_out_images": n_hold,
             "held_out_loss_before": round(before, 6), "held_out_loss_after": round(best, 6),
             "held_out_loss_last": round(last, 6) if math.isfinite(last) else None,
