@@ -1,5 +1,6 @@
 """Time of one reconstruction step on this machine: the dense model's forward (the teacher) and the pruned model's
-forward and forward + backward, batch 64, contiguous vs channels-last, fp32 vs bf16 autocast.
+forward and forward + backward, batch 64, contiguous vs channels-last, fp32 vs bf16 autocast, and channels-last
+with each BatchNorm computed inside its convolution (``simprune.folded_norms``, as both reconstructions run now).
 
     .venv/bin/python bench/recon_step_time.py --net resnet56 --threads 2
 
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import SHARED, load_net  # noqa: E402
 
 from simprune.compute import autocast  # noqa: E402
+from simprune.folded_norms import folded_batchnorm  # noqa: E402
 from simprune.presets import resolve_preset  # noqa: E402
 from simprune.pruning.phases import prune  # noqa: E402
 
@@ -70,15 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(64, 3, 32, 32)
     print("| format, precision | dense forward | pruned forward | pruned forward + backward |")
     print("| --- | --- | --- | --- |")
-    for cl in (False, True):
+    for cl, fold in ((False, False), (True, False), (True, True)):
         for bf in (False, True):
             d, p, xx = copy.deepcopy(dense), copy.deepcopy(pruned).eval(), x
             if cl:
                 d, p = d.to(memory_format=torch.channels_last), p.to(memory_format=torch.channels_last)
                 xx = x.contiguous(memory_format=torch.channels_last)
-
-            times = _times(d, p, xx, bf, args.repeats)
+            with folded_batchnorm(d, xx[:2], fold) as n_dense, folded_batchnorm(p, xx[:2], fold) as n_pruned:
+                times = _times(d, p, xx, bf, args.repeats)
             name = f"{'channels-last' if cl else 'contiguous'}, {'bf16 autocast' if bf else 'fp32'}"
+            name += f", BatchNorm folded ({n_dense} / {n_pruned} pairs)" if fold else ""
             print(f"| {name} | " + " | ".join(f"{t:.0f} ms" for t in times) + " |", flush=True)
     return 0
 

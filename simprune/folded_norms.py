@@ -23,20 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from simprune.pruning.prefix_cache import output_tensors
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 MATCH_RTOL = 1e-3
 """Largest relative difference (to the outputs' largest magnitude) the folded model may show on the example."""
-
-
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, list | tuple):
-        return [t for o in out for t in _tensors(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in _tensors(o)]
-    return []
 
 
 def _foldable(bn: nn.Module) -> bool:
@@ -108,11 +100,11 @@ def folded_batchnorm(model: nn.Module, example: torch.Tensor, enabled: bool = Tr
     pairs = conv_norm_pairs(model, example) if enabled else []
     if pairs:
         with torch.no_grad():
-            want = [t.float() for t in _tensors(model(example))]
+            want = [t.float() for t in output_tensors(model(example))]
             for conv, bn in pairs:
                 conv.forward = _folded_forward(conv, bn)  # type: ignore[method-assign]
                 bn.forward = _identity  # type: ignore[method-assign]
-            got = [t.float() for t in _tensors(model(example))]
+            got = [t.float() for t in output_tensors(model(example))]
         scale = max((float(t.abs().max()) for t in want if t.numel()), default=0.0) or 1.0
         same = len(got) == len(want) and all(g.shape == w.shape and float((g - w).abs().max()) <= MATCH_RTOL * scale
                                              for g, w in zip(got, want, strict=True))

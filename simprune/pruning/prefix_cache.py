@@ -33,19 +33,19 @@ class _Stop(Exception):
     """Raised by a hook to end a capture pass at the changed module."""
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
-    """The tensors in a module output (a tensor, or lists, tuples and dicts of them)."""
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors in a module or model output (a tensor, or lists, tuples and dicts of them), in order."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, list | tuple):
-        return [t for o in out for t in _tensors(o)]
+        return [t for o in out for t in output_tensors(o)]
     if isinstance(out, dict):
-        return [t for o in out.values() for t in _tensors(o)]
+        return [t for o in out.values() for t in output_tensors(o)]
     return []
 
 
 def _nbytes(out: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in _tensors(out))
+    return sum(t.numel() * t.element_size() for t in output_tensors(out))
 
 
 def _snapshot(out: Any) -> Any:
@@ -153,7 +153,7 @@ class PrefixCache:
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             out, versions = self.store.get(name, (None, []))
-            if out is not None and [t._version for t in _tensors(out)] == versions:
+            if out is not None and [t._version for t in output_tensors(out)] == versions:
                 return out
             self.store.pop(name, None)  # changed in place downstream: computed now, captured again next time
             return compute(*args, **kwargs)
@@ -162,7 +162,7 @@ class PrefixCache:
 
     def _keep(self, name: str, out: Any) -> None:
         out = _snapshot(out)  # a copy: the rest of this pass may change the original in place
-        self.store[name] = (out, [t._version for t in _tensors(out)])
+        self.store[name] = (out, [t._version for t in output_tensors(out)])
 
     def _capture(self, names: list[str], stop_at: str) -> None:
         hooks = []
