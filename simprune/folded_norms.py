@@ -91,6 +91,26 @@ def _unpatch(pairs: list[tuple[nn.Module, nn.Module]]) -> None:
             m.__dict__.pop("forward", None)
 
 
+def _patch_if_same(model: nn.Module, example: torch.Tensor, pairs: list[tuple[nn.Module, nn.Module]]) -> bool:
+    """Fold ``pairs`` and keep them folded if ``model``'s outputs on ``example`` stay the same; else restore."""
+    try:
+        with torch.no_grad():
+            want = [t.float() for t in output_tensors(model(example))]
+            for conv, bn in pairs:
+                conv.forward = _folded_forward(conv, bn)  # type: ignore[method-assign]
+                bn.forward = _identity  # type: ignore[method-assign]
+            got = [t.float() for t in output_tensors(model(example))]
+    except BaseException:
+        _unpatch(pairs)
+        raise
+    scale = max((float(t.abs().max()) for t in want if t.numel()), default=0.0) or 1.0
+    same = len(got) == len(want) and all(g.shape == w.shape and float((g - w).abs().max()) <= MATCH_RTOL * scale
+                                         for g, w in zip(got, want, strict=True))
+    if not same:
+        _unpatch(pairs)
+    return same
+
+
 @contextlib.contextmanager
 def folded_batchnorm(model: nn.Module, example: torch.Tensor, enabled: bool = True) -> Iterator[int]:
     """Inside the block, every convolution-BatchNorm pair of ``model`` (eval mode) runs as one convolution with
@@ -98,19 +118,8 @@ def folded_batchnorm(model: nn.Module, example: torch.Tensor, enabled: bool = Tr
     the number of pairs folded: 0 when disabled, when there are none, or when the folded model's outputs on
     ``example`` differ from the model's own (the model then runs as it is). The modules are restored on exit."""
     pairs = conv_norm_pairs(model, example) if enabled else []
-    if pairs:
-        with torch.no_grad():
-            want = [t.float() for t in output_tensors(model(example))]
-            for conv, bn in pairs:
-                conv.forward = _folded_forward(conv, bn)  # type: ignore[method-assign]
-                bn.forward = _identity  # type: ignore[method-assign]
-            got = [t.float() for t in output_tensors(model(example))]
-        scale = max((float(t.abs().max()) for t in want if t.numel()), default=0.0) or 1.0
-        same = len(got) == len(want) and all(g.shape == w.shape and float((g - w).abs().max()) <= MATCH_RTOL * scale
-                                             for g, w in zip(got, want, strict=True))
-        if not same:
-            _unpatch(pairs)
-            pairs = []
+    if pairs and not _patch_if_same(model, example, pairs):
+        pairs = []
     try:
         yield len(pairs)
     finally:

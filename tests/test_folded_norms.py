@@ -106,3 +106,24 @@ def test_reconstructions_fit_the_same_with_folded_norms() -> None:
         assert a["error_before"] == pytest.approx(b["error_before"], rel=1e-4)
         assert a["error_after"] == pytest.approx(b["error_after"], rel=2e-2)  # Adam: rounding-sized moves
         assert a["error_after"] < a["error_before"]
+
+
+class _FailsOnThirdPass(nn.Module):
+    """conv -> BN, raising on the third forward pass (the folded check's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.calls = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("third pass")
+        return self.bn(self.conv(x))
+
+
+def test_a_failing_check_pass_leaves_the_model_as_it_was() -> None:
+    net = _randomised(_FailsOnThirdPass())
+    with pytest.raises(RuntimeError, match="third pass"), folded_batchnorm(net, torch.randn(1, 3, 6, 6)):
+        pass
+    assert "forward" not in net.conv.__dict__ and "forward" not in net.bn.__dict__
