@@ -9,7 +9,8 @@ ResNet-56 the output reconstruction in bf16 found no checkpoint that agreed bett
 unchanged) where fp32 channels-last reached 82.53 (BENCHMARKS.md, "Speed of best"). The output stage's teacher
 (the dense model's forward, no gradients) runs in bf16 by default where the device computes it natively: on a
 2-core Xeon with AMX its forward takes 31 ms instead of 72 ms and the accuracies did not move. Weights stay in fp32
-(autocast computes in bf16 and keeps fp32 master weights), and the models are given back contiguous.
+(autocast computes in bf16 and keeps fp32 master weights), and the models are given back contiguous. The same
+stages also compute each BatchNorm inside the convolution before it: :mod:`simprune.folded_norms`.
 """
 
 from __future__ import annotations
