@@ -6,8 +6,8 @@ convolution with weight ``W * s`` and bias ``beta - mu * s`` (``s = gamma / sqrt
 call (a few thousand multiplications) and runs one convolution; the BatchNorm passes its input through. The
 parameters are not replaced: gradients still reach the convolution's weight and the BatchNorm's weight and bias,
 by the chain rule through the folded weights, so an optimiser built on them takes the same steps (to rounding).
-What disappears is the BatchNorm's pass over the activations, forward and backward: on CPU about a fifth of a
-ResNet-56 training step (``bench/recon_step_time.py``).
+What disappears is the BatchNorm's pass over the activations, forward and backward: on a 2-core CPU, ResNet-56's
+output reconstruction 10-15% faster (BENCHMARKS.md, session 19).
 
 Pairs are found by running the model once on an example (a BatchNorm whose input is the very tensor a convolution
 returned) and kept only if the folded model then gives the same outputs as before, so a convolution whose output
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from simprune.export import max_abs_diff
 from simprune.pruning.prefix_cache import output_tensors
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -95,17 +96,16 @@ def _patch_if_same(model: nn.Module, example: torch.Tensor, pairs: list[tuple[nn
     """Fold ``pairs`` and keep them folded if ``model``'s outputs on ``example`` stay the same; else restore."""
     try:
         with torch.no_grad():
-            want = [t.float() for t in output_tensors(model(example))]
+            want = model(example)
             for conv, bn in pairs:
                 conv.forward = _folded_forward(conv, bn)  # type: ignore[method-assign]
                 bn.forward = _identity  # type: ignore[method-assign]
-            got = [t.float() for t in output_tensors(model(example))]
+            got = model(example)
     except BaseException:
         _unpatch(pairs)
         raise
-    scale = max((float(t.abs().max()) for t in want if t.numel()), default=0.0) or 1.0
-    same = len(got) == len(want) and all(g.shape == w.shape and float((g - w).abs().max()) <= MATCH_RTOL * scale
-                                         for g, w in zip(got, want, strict=True))
+    scale = max((float(t.abs().max()) for t in output_tensors(want) if t.numel()), default=0.0) or 1.0
+    same = max_abs_diff(want, got) <= MATCH_RTOL * scale
     if not same:
         _unpatch(pairs)
     return same

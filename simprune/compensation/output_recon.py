@@ -35,17 +35,12 @@ from simprune.compute import autocast, channels_last, to_channels_last, use_bf16
 from simprune.errors import JobCancelled
 from simprune.folded_norms import folded_batchnorm
 from simprune.pruning.features import first_inputs
+from simprune.pruning.prefix_cache import output_tensors
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:
     """The floating-point tensors of a model output (a tensor, or a tuple/list/dict of them)."""
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, list | tuple):
-        return [t for o in out for t in _outputs(o)]
-    return []
+    return [t for t in output_tensors(out) if t.is_floating_point()]
 
 
 def _loss(student: Any, teacher: Any, temperature: float) -> torch.Tensor:
