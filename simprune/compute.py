@@ -1,14 +1,15 @@
-"""Faster arithmetic for the gradient stages (block and output reconstruction): channels-last memory format, and
-bfloat16 autocast on request.
+"""Faster arithmetic for the gradient stages (block and output reconstruction) and the sensitivity scans:
+channels-last memory format, and bfloat16 autocast where the device computes it natively.
 
 Measured on this project's 2-core AMD EPYC (AVX-512 with BF16), 2 threads, batch 64 of 32x32 images, ResNet-56 at
 50% FLOPs (``bench/recon_step_time.py``): one forward + backward of the pruned model takes 293 ms contiguous in
 fp32, 217 ms channels-last, 149 ms channels-last under bfloat16 autocast; the dense model's forward 103 / 86 / 53 ms.
-bf16 for the fitted model is off by default: on
-ResNet-56 the output reconstruction in bf16 found no checkpoint that agreed better with the dense model (82.24,
-unchanged) where fp32 channels-last reached 82.53 (BENCHMARKS.md, "Speed of best"). The output stage's teacher
-(the dense model's forward, no gradients) runs in bf16 by default where the device computes it natively: on a
-2-core Xeon with AMX its forward takes 31 ms instead of 72 ms and the accuracies did not move. Weights stay in fp32
+The pipeline runs both reconstructions under bf16 autocast where the device computes it natively
+(``recon_bf16`` None): with the output stage's learning rate scaled to its step count, ResNet-56's 3-seed accuracy
+after the output stage is the same in bf16 as in fp32 (82.75 vs 82.77) in 23% less time (BENCHMARKS.md, session
+20; an earlier measurement, at the unscaled rate, had found no bf16 checkpoint better than the start). Where
+only the teacher runs in bf16 (``output_recon_teacher_bf16``): on a 2-core Xeon with AMX its forward takes 31 ms
+instead of 72 ms and the accuracies did not move. Weights stay in fp32
 (autocast computes in bf16 and keeps fp32 master weights), and the models are given back contiguous. The same
 stages also compute each BatchNorm inside the convolution before it: :mod:`simprune.folded_norms`.
 """

@@ -182,3 +182,32 @@ def test_min_ratio_meeting_is_the_smallest_ratio() -> None:
     assert keep["g"] == 40 and 0.59 < ratio < 0.61
     with pytest.raises(InputError, match="out of reach"):
         min_ratio_meeting(lambda r: {"g": 100}, lambda k: False)
+
+
+def test_scans_run_channels_last_with_the_same_damages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sensitivity and block scans run channels-last (faster convolutions); damages, the chosen widths and
+    blocks match a contiguous scan, and the models come back contiguous."""
+    from simprune import compute
+    from simprune.pruning import phases
+    from simprune.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20", num_classes=10).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics, so that the damages differ per group
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    calib = torch.randn(24, 3, 16, 16)
+    kw = {"target_flops_reduction": 0.4, "calib": calib, "allocation": "sensitivity",
+          "allocation_options": {"n_images": 16, "depth": True, "fractions": (0.25, 0.5, 0.75)}}
+    pruned, rep = prune(model, calib[:1], "l1", **kw)
+    assert all(p.is_contiguous() for p in pruned.parameters()) and all(p.is_contiguous() for p in model.parameters())
+    monkeypatch.setattr(phases, "channels_last",
+                        lambda *models, enabled=True: compute.channels_last(*models, enabled=False))
+    _, plain = prune(model, calib[:1], "l1", **kw)
+    for group, curve in plain["sensitivity"].items():
+        for kept, dmg in curve.items():
+            assert rep["sensitivity"][group][kept] == pytest.approx(dmg, rel=1e-3, abs=1e-7)
+    assert plain["block_sensitivity"]
+    assert rep["block_sensitivity"] == pytest.approx(plain["block_sensitivity"], rel=1e-3, abs=1e-7)
+    assert [len(p["keep"]) for p in rep["plan"]["layers"]] == [len(p["keep"]) for p in plain["plan"]["layers"]]

@@ -149,8 +149,9 @@ def test_best_job_runs_every_stage_and_says_so(files: dict[str, Path], tmp_path:
     assert recon["steps"] == 72 and recon["held_out_images"] == 6 and isinstance(recon["kept"], bool)
     assert recon["lr"] == 5e-4  # steps capped by the small set, not cut by the budget: the full rate
     assert recon["mix"] == "cutmix" and recon["keep"] == "best"  # 72 passes: a long fit, mixed (the auto rule)
-    # the teacher's forward in bf16 where this CPU computes it natively, the student in fp32
-    assert recon["teacher_bf16"] is bf16_native(torch.device("cpu")) and recon["bf16"] is False
+    # both reconstructions in bf16 where this CPU computes it natively (fp32 weights and losses), else fp32
+    native = bf16_native(torch.device("cpu"))
+    assert recon["bf16"] is native and recon["teacher_bf16"] is native and report["block_recon"]["bf16"] is native
     assert not recon["kept"] or recon["held_out_loss_after"] <= recon["held_out_loss_before"]
     assert abs(report["flops_reduction"] - 0.4) < 0.02
     assert next(e for e in report["exports"] if e["format"] == "plan")["verified"]

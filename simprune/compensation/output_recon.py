@@ -178,14 +178,14 @@ def reconstruct_outputs(
     of ``batch_size`` images, but at most ``max_passes`` passes over the fitted images (a small calibration set
     gets fewer steps: 1,024 images allow the default 1,000 steps). The steps run channels-last
     (``fast_format``), under bfloat16 autocast when ``bf16`` (None: where the device computes bf16 natively,
-    :mod:`simprune.compute`; off by default: on ResNet-56 the bf16 fit found no better checkpoint where the
-    fp32 one gained 0.3 points); weights stay fp32 and the held-out checks run in fp32. ``teacher_bf16`` runs
-    only the dense model's forward of each step under bf16 autocast, the student and its gradients staying in
-    fp32 (None, the default: where the device computes bf16 natively; it did not move the accuracy of either
-    CIFAR ResNet). ``fold_norms`` computes each convolution-BatchNorm pair of both models as one convolution
-    during the stage (:func:`simprune.folded_norms.folded_batchnorm`: same parameters and gradients, less work).
-    Returns the steps taken,
-    the held-out loss before and after, whether the result was kept, and the time spent."""
+    :mod:`simprune.compute`; off by default here, on by default in the pipeline where the device computes bf16
+    natively: same 3-seed accuracy on ResNet-56, 23% faster); weights stay fp32 and the held-out checks run in
+    fp32. ``teacher_bf16`` runs only the dense model's forward of each step under bf16 autocast, the student
+    and its gradients staying in fp32 (None, the default: where the device computes bf16 natively; it did not
+    move the accuracy of either CIFAR ResNet). ``fold_norms`` computes each convolution-BatchNorm pair of both
+    models as one convolution during the stage (:func:`simprune.folded_norms.folded_batchnorm`: same parameters
+    and gradients, less work). Returns the steps taken, the held-out loss before and after, whether the result
+    was kept, and the time spent."""
     t0 = time.perf_counter()
     augment = {True: "shift_flip", False: "none"}.get(augment, augment)  # type: ignore[call-overload]
     if augment not in AUGMENTS:

@@ -30,6 +30,7 @@ from simprune.compensation.block_recon import block_units, reconstruct_blocks
 from simprune.compensation.fold import fold_removed
 from simprune.compensation.lstsq import reconstruct_consumers
 from simprune.compensation.output_recon import AUGMENTS, KEEPS, MIX_CHOICES, reconstruct_outputs
+from simprune.compute import autocast, channels_last, to_channels_last
 from simprune.device import select_device
 from simprune.errors import InputError, JobCancelled
 from simprune.flops import count_model
@@ -83,7 +84,7 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
                                                 "output_recon_temperature": 4.0, "output_recon_batch": 64,
                                                 "output_recon_augment": "shift_flip",
                                                 "output_recon_mix": "auto", "output_recon_keep": "best",
-                                                "recon_bf16": False, "output_recon_teacher_bf16": None,
+                                                "recon_bf16": None, "output_recon_teacher_bf16": None,
                                                 "recon_budget_macs": None}
 """Fine control of compensation: ``layers`` ("consumers" | "all") re-fitted by least squares, ``bn_inline``
 (re-estimate BatchNorms inside the least-squares pass instead of after it), ``min_r2`` (folding threshold),
@@ -93,12 +94,13 @@ DEFAULT_COMPENSATION_OPTIONS: dict[str, Any] = {"layers": "all", "bn_inline": Tr
 :mod:`simprune.compensation.block_recon`), ``output_recon_steps``, ``output_recon_images``, ``output_recon_lr``,
 ``output_recon_temperature``, ``output_recon_batch``, ``output_recon_augment``, ``output_recon_mix`` and
 ``output_recon_keep`` (the ``output_recon`` switch: label-free output reconstruction, see
-:mod:`simprune.compensation.output_recon`), ``recon_bf16`` (both reconstructions under bfloat16 autocast: True,
-False (the default: it cost ResNet-56 its output-reconstruction gain) or None = where the device computes bf16
-natively, see :mod:`simprune.compute`),
-``output_recon_teacher_bf16`` (the output stage's dense forward alone under bf16 autocast, the student and its
-gradients in fp32; None, the default: where the device computes bf16 natively; 10-13% off the stage's time on a
-CPU with AMX, accuracy unchanged over 3 seeds on both CIFAR ResNets, BENCHMARKS.md session 17),
+:mod:`simprune.compensation.output_recon`), ``recon_bf16`` (both reconstructions under bfloat16 autocast, weights
+and losses in fp32: True, False, or None, the default = where the device computes bf16 natively, see
+:mod:`simprune.compute`; on ResNet-56 the output stage 23% faster at the same 3-seed accuracy, BENCHMARKS.md
+session 20),
+``output_recon_teacher_bf16`` (the output stage's dense forward under bf16 autocast even where ``recon_bf16`` is
+False; None, the default: where the device computes bf16 natively; 10-13% off the stage's time on a CPU with
+AMX, accuracy unchanged over 3 seeds on both CIFAR ResNets, BENCHMARKS.md session 17),
 ``recon_budget_macs``
 (None, or a model cost in multiply-accumulates per input: the two reconstructions' step counts are scaled down
 by ``budget / the dense model's MACs`` when the model costs more, not below :data:`RECON_MIN_STEPS`, so their
@@ -504,14 +506,18 @@ def _allocate_by_sensitivity(run: PruneRun) -> None:
         target = 1.0 - run.flops_model.flops(uniform) / run.before["flops"]
     n_scan = budgeted(int(run.aopts["n_images"]), run.aopts["budget_macs"], run.before["flops"], SCAN_MIN_IMAGES)
     scan_inputs = first_inputs(run.calib, n_scan, run.device)
-    run.sensitivity = _given_damage(run) if run.aopts.get("damage") else _scan_damage(run, scan_inputs)
-    run.timings["sensitivity_scan"] = round(time.perf_counter() - run.clock, 4)
+    depth = bool(run.aopts["depth"])
+    with channels_last(run.work, enabled=scan_inputs.dim() == 4) as fmt:  # the scans only: never the timed rounds
+        scan_inputs = to_channels_last(scan_inputs, fmt)
+        with autocast(run.device, bool(run.aopts.get("scan_bf16"))):
+            run.sensitivity = _given_damage(run) if run.aopts.get("damage") else _scan_damage(run, scan_inputs)
+            run.timings["sensitivity_scan"] = round(time.perf_counter() - run.clock, 4)
+            blocks = _block_options(run, scan_inputs) if depth else []
     run.chosen_ratio = None if run.pruning_ratio is None else float(run.pruning_ratio)
-    if not run.aopts["depth"] and run.profile is None and not run.dropped:
+    if not depth and run.profile is None and not run.dropped:
         run.keep_counts = sensitivity_keep(run.specs, run.sensitivity, run.flops_model, run.before["flops"],
                                            target, run.round_to, float(run.aopts["min_keep_frac"]))
         return
-    blocks = _block_options(run, scan_inputs) if run.aopts["depth"] else []
     saving, need = _budget(run, target)
     keep, chosen = budgeted_keep(run.specs, run.sensitivity, saving, need, run.round_to,
                                  float(run.aopts["min_keep_frac"]), blocks)
