@@ -140,7 +140,6 @@ SENSITIVITY_DEFAULTS: dict[str, object] = {
     "local": "lstsq",
     "damage": None,
     "depth": False,
-    "scan_bf16": False,
     "measure_rounds": 3,
     "latency_model": None,
     "budget_macs": None,
