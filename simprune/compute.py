@@ -17,23 +17,43 @@ stages also compute each BatchNorm inside the convolution before it: :mod:`simpr
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 
+def _isa_cap_allows_bf16() -> bool:
+    """False when oneDNN's instruction set is capped (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``) below the
+    bf16 instructions (AVX-512 BF16, AMX, AVX10)."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return cap == "ALL" or any(k in cap for k in ("BF16", "FP16", "AMX", "AVX10"))
+
+
 def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions natively (CUDA with bf16 support; a CPU whose oneDNN
-    has bf16 kernels, e.g. AVX-512 BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32."""
+    """Whether ``device`` computes bfloat16 convolutions natively: CUDA with bf16 support; an x86 CPU with AVX-512
+    BF16 or AMX instructions (oneDNN's own check also says yes for plain AVX-512, where it emulates bf16: 2.4x
+    slower than fp32 for a ResNet-56 forward, ``bench/recon_step_time.py`` under ``ONEDNN_MAX_CPU_ISA=AVX512_CORE``);
+    an Arm CPU with the bf16 extension. Elsewhere bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        try:
-            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
+    if device.type != "cpu":
+        return False
+    try:
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
             return False
-    return False
+    except (AttributeError, RuntimeError):
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True  # Arm: oneDNN's check reads the bf16 extension itself
+    if not _isa_cap_allows_bf16():
+        return False
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if not any(callable(c) for c in checks):
+        return True  # an older torch without these: oneDNN's check is all there is
+    return any(bool(c()) for c in checks if callable(c))
 
 
 def use_bf16(choice: bool | None, device: torch.device) -> bool:

@@ -40,6 +40,34 @@ def test_channels_last_is_undone_and_keeps_parameter_identity() -> None:
     assert to_channels_last(x, False) is x and to_channels_last(torch.randn(2, 3), True).dim() == 2
 
 
+def test_bf16_is_native_only_with_the_bf16_instructions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN says bf16 is supported on any AVX-512 CPU, where it emulates it (slower than fp32): on x86 the
+    bf16 instructions themselves (AVX-512 BF16, AMX) decide, and an ISA cap below them turns bf16 off."""
+    from simprune import compute
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(compute.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    for avx512_bf16, amx, native in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert bf16_native(cpu) is native
+        assert use_bf16(None, cpu) is native
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    for cap, native in (("AVX512_CORE", False), ("avx2", False), ("AVX512_CORE_BF16", True),
+                        ("AVX512_CORE_AMX", True), ("ALL", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert bf16_native(cpu) is native, cap
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert not bf16_native(cpu)  # oneDNN without bf16 kernels at all
+    monkeypatch.setattr(compute.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    assert bf16_native(cpu)  # Arm: oneDNN's check reads the bf16 extension
+
+
 def test_bf16_choice_and_autocast() -> None:
     cpu = torch.device("cpu")
     assert isinstance(bf16_native(cpu), bool)
