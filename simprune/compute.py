@@ -34,8 +34,8 @@ def _isa_cap_allows_bf16() -> bool:
 
 def bf16_native(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 convolutions natively: CUDA with bf16 support; an x86 CPU with AVX-512
-    BF16 or AMX instructions (oneDNN's own check also says yes for plain AVX-512, where it emulates bf16: 2.4x
-    slower than fp32 for a ResNet-56 forward, ``bench/recon_step_time.py`` under ``ONEDNN_MAX_CPU_ISA=AVX512_CORE``);
+    BF16 or AMX instructions (oneDNN's own check also says yes for plain AVX-512, where it emulates bf16: 2.1-2.6x
+    slower than fp32 for ResNet-56, ``bench/recon_step_time.py`` under ``ONEDNN_MAX_CPU_ISA=AVX512_CORE``);
     an Arm CPU with the bf16 extension. Elsewhere bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())

@@ -165,12 +165,13 @@ def reconstruct_blocks(
     should_cancel: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Fit every unit of ``pruned`` named in ``units`` (module paths present in both models) to the dense one's
-    output on the first ``n_images`` calibration inputs, ``steps`` Adam steps each (channels-last with
-    ``fast_format``, under bf16 autocast with ``bf16``; None: where the device computes bf16 natively; off by
-    default here, on in the pipeline where the device computes bf16 natively: same fitted errors, 10-15%
-    faster; a unit's convolution-BatchNorm pairs computed as one convolution with ``fold_norms``:
-    :func:`simprune.folded_norms.folded_batchnorm`). Returns per-unit relative errors before and after (in
-    fp32), and the time spent. Units without parameters, or absent from either model, are skipped."""
+    output on the first ``n_images`` calibration inputs, ``steps`` Adam steps each: channels-last with
+    ``fast_format``; under bf16 autocast with ``bf16`` (None: where the device computes bf16 natively; off by
+    default here, on in the pipeline where the device computes bf16 natively: ResNet-56 `best`'s stage 35-39 s
+    instead of 41-44 s, same accuracy, BENCHMARKS.md session 20); each unit's convolution-BatchNorm pairs computed
+    as one convolution with ``fold_norms`` (:func:`simprune.folded_norms.folded_batchnorm`). Returns per-unit
+    relative errors before and after (in fp32), and the time spent. Units without parameters, or absent from
+    either model, are skipped."""
     t0 = time.perf_counter()
     x = first_inputs(calib, n_images, device)
     d_mods, p_mods = dict(dense.named_modules()), dict(pruned.named_modules())
