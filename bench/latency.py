@@ -37,10 +37,14 @@ without CUDA fails with one line (exit code 2).
 ``--profile-batch``, ``--profile-budget-s``, ``--profile-dtype``, ``--profile-channels-last``, ``--profile-repeats``;
 :func:`simprune.profiling.measure_profile`: time the precision and layout that will be deployed), the model is pruned
 with ``target_speedup=S`` and that profile (variant ``speedup``, with ``predicted_speedup``), and, for
-comparison, with simprune's FLOPs-targeted default at the same FLOPs reduction (variant ``flops``, no rounding);
-then dense and both are timed as above. ``--allocation sensitivity --depth`` lets the latency allocation drop
-residual blocks (random calibration images: the bench times random-weight models, accuracy is not its
+comparison, with simprune's FLOPs-targeted default at the same FLOPs reduction (variant ``flops``, the engine's
+default rounding); then dense and both are timed as above. ``--allocation sensitivity --depth`` lets the latency
+allocation drop residual blocks (random calibration images: the bench times random-weight models, accuracy is not its
 subject).
+
+The process keeps freed memory as the CLI and the worker do (:func:`simprune.allocator.keep_freed_memory`);
+``SIMPRUNE_KEEP_FREED_MEMORY=0`` times with glibc's defaults, where a large CPU batch pays page faults on
+every activation and the same convolution can take 1x-4x as long from one process to the next.
 
 Prints a markdown table and writes ``{"config": ..., "rows": [...]}`` to ``--out``.
 """
@@ -64,6 +68,9 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from simprune.allocator import keep_freed_memory
+from simprune.errors import InputError
 
 DEFAULT_ARCHS = ("cifar_resnet56", "resnet50")
 
@@ -128,7 +135,7 @@ def prune_torch_pruning(
             importance=tp.importance.MagnitudeImportance(p=1),
             pruning_ratio=ratio,
             ignored_layers=ignored_layers(model, num_classes),
-            round_to=round_to,
+            round_to=round_to if round_to and round_to > 1 else None,
         )
         pruner.step()
         macs, _ = count_macs(model, example)
@@ -168,6 +175,9 @@ def prune_simprune(
         round_to=round_to,
     )
     extra: dict[str, Any] = {}
+    if round_to is None:  # the engine's default: say what it chose
+        extra["round_to_auto"] = {"round_to": report.get("round_to"),
+                                  "min_channels": report.get("round_to_min_channels")}
     if report.get("flops_before") and report.get("flops_after"):
         extra["report_flops_ratio"] = round(report["flops_before"] / report["flops_after"], 4)
     return pruned, extra
@@ -236,10 +246,14 @@ def build_variants(
     for method in methods:
         for rt in round_tos:
             t0 = time.perf_counter()
-            if method == "simprune":
-                pruned, extra = prune_simprune(dense, example, target, rt, sp_method)
-            else:
-                pruned, extra = prune_torch_pruning(dense, example, info.num_classes, target, rt)
+            try:
+                if method == "simprune":
+                    pruned, extra = prune_simprune(dense, example, target, rt, sp_method)
+                else:
+                    pruned, extra = prune_torch_pruning(dense, example, info.num_classes, target, rt)
+            except InputError as exc:  # e.g. a channel multiple too coarse to reach the target: skip, say why
+                log(f"  {arch} {method} round_to={rt}: skipped ({exc})")
+                continue
             dt = time.perf_counter() - t0
             pruned = pruned.to("cpu").eval()
             with torch.inference_mode():
@@ -280,7 +294,7 @@ def build_speedup_variants(arch: str, args: argparse.Namespace, log: Callable[[s
     fast, report, target = prune_to_speedup(dense, example, args, profile, kwargs, log)
     t2 = time.perf_counter()
     reduction = 1.0 - report["flops_after"] / report["flops_before"]
-    same_flops, _ = prune_simprune(dense, example, reduction, None, args.method)
+    same_flops, same_extra = prune_simprune(dense, example, reduction, None, args.method)
     t3 = time.perf_counter()
     variants = [Variant("dense", None, dense, macs, params)]
     extra = {"predicted_speedup": round(report.get("predicted_speedup") or 0.0, 4), "profile_s": round(t1 - t0, 1),
@@ -289,7 +303,7 @@ def build_speedup_variants(arch: str, args: argparse.Namespace, log: Callable[[s
              "profile_dense_ms": profile.dense_ms, "profile_fixed_ms": profile.fixed_ms,
              "measured_rounds": (report.get("latency_target") or {}).get("measured_rounds"),
              "dropped_blocks": len(report.get("dropped_blocks") or []), "profile_checks": result.checks}
-    same = {"target_flops_reduction": round(reduction, 4)}
+    same = {"target_flops_reduction": round(reduction, 4)} | same_extra
     for name, model, rt, dt, ex in (("speedup", fast, report.get("round_to"), t2 - t1, extra),
                                     ("flops", same_flops, None, t3 - t2, same)):
         model = model.to("cpu").eval()
@@ -328,7 +342,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     methods = [m for m in args.methods if m != "simprune" or simprune_available()]
     if "simprune" in args.methods and "simprune" not in methods:
         log("simprune.prune is not available: measuring Torch-Pruning only")
-    round_tos = [None if r in ("none", "None", "0") else int(r) for r in args.round_to]
+    # "none": explicitly off (1); "auto": the engine's per-device default (None)
+    round_tos = [1 if r in ("none", "None", "0", "1") else None if r == "auto" else int(r) for r in args.round_to]
     formats = [(f, mode) for f in (["contiguous", "channels_last"] if args.channels_last else ["contiguous"])
                for mode in args.modes]
     rows: list[dict[str, Any]] = []
@@ -458,7 +473,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         variant = r["variant"] + (f" (pred. {r['predicted_speedup']:.2f}x)" if r.get("predicted_speedup") else "")
         lines.append(
             f"| {r['arch']} | {r['batch']} | {r['memory_format']}"
-            f"{'' if r.get('mode', 'fp32') == 'fp32' else ' ' + r['mode']} | {variant} | {r['round_to'] or '-'} "
+            f"{'' if r.get('mode', 'fp32') == 'fp32' else ' ' + r['mode']} | {variant} | {_round_label(r)} "
             f"| {r['gmacs']:.3f} | {r['flops_ratio']:.2f} "
             f"| {r['latency_ms']:.2f} ({r['latency_iqr_ms']:.2f}) "
             f"| {r['latency_min_ms']:.2f} | {r['speedup']:.2f} | {eff} | {eff_min} |"
@@ -479,7 +494,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), help="zoo architecture names")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    p.add_argument("--round-to", nargs="+", default=["none", "8"], help="round_to values ('none' = off)")
+    p.add_argument("--round-to", nargs="+", default=["none", "8"],
+                   help="round_to values ('none' = off, 'auto' = the engine's per-device default)")
     p.add_argument(
         "--methods", nargs="+", default=["simprune", "torch-pruning"], choices=["simprune", "torch-pruning"]
     )
@@ -528,12 +544,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: measure, print the markdown table, write ``--out``."""
     args = parse_args(argv)
+    keep_freed_memory()  # as the CLI and the worker (whose job reports time models) run
     doc = measure(args)
     table = markdown_table(doc)
     print(table)
     if args.out is not None:
         write_doc(args.out, {**doc, "markdown": table})
     return 0
+
+
+def _round_label(row: dict[str, Any]) -> str:
+    """The table's round_to cell: '-' for none, 'auto: 16 from 128 ch' for the engine's default."""
+    auto = row.get("round_to_auto")
+    if auto is not None:
+        chosen = auto.get("round_to")
+        if auto.get("min_channels"):
+            return f"auto: {chosen} from {auto['min_channels']} ch"
+        return f"auto: {chosen or '-'}"
+    return "-" if row["round_to"] in (None, 1) else str(row["round_to"])
 
 
 def write_doc(out: Path, doc: dict[str, Any]) -> None:

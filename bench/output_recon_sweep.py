@@ -30,8 +30,10 @@ from accuracy import SHARED, accuracy, cached_tensors, load_net  # noqa: E402
 
 from simprune.compensation.output_recon import reconstruct_outputs  # noqa: E402
 from simprune.device import select_device  # noqa: E402
+from simprune.latency import LatencyConfig, measure_latency  # noqa: E402
 from simprune.plan import load_pruned, make_plan  # noqa: E402
 from simprune.presets import resolve_preset  # noqa: E402
+from simprune.pruning.groups import ChannelMultiple  # noqa: E402
 from simprune.pruning.phases import prune  # noqa: E402
 
 VARIANTS: list[dict[str, Any]] = [
@@ -49,6 +51,18 @@ def _save(folder: Path, tag: str, model: torch.nn.Module, rep: dict[str, Any]) -
               str(folder / f"{tag}.safetensors"))
     plan = make_plan(rep, arch=None, input_size=(3, 32, 32)) | {"flops_reduction": rep["flops_reduction"]}
     (folder / f"{tag}.json").write_text(json.dumps(plan))
+
+
+def _latency(dense: torch.nn.Module, pruned: torch.nn.Module, device: torch.device,
+             rep: dict[str, Any]) -> dict[str, Any]:
+    """Dense vs pruned timed interleaved on ``device`` at batch 1 and 32 (eager; what a job's report measures)."""
+    ratio = 1.0 / max(1.0 - float(rep["flops_reduction"]), 1e-9)
+    cfg = LatencyConfig(batch_sizes=(1, 32), warmup=3, repeats=40, budget_s=60.0, onnxruntime=False)
+    out = measure_latency(copy.deepcopy(dense), copy.deepcopy(pruned), (3, 32, 32), device, flops_ratio=ratio,
+                          config=cfg)
+    return {"flops_ratio": out["flops_ratio"], "environment": out["environment"],
+            "rows": [{k: r.get(k) for k in ("batch", "dense_ms", "pruned_ms", "dense_min_ms", "pruned_min_ms",
+                                             "speedup", "speedup_min", "efficiency", "rounds")} for r in out["rows"]]}
 
 
 def _load(folder: Path, tag: str, dense: torch.nn.Module,
@@ -89,8 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-pruned", type=Path, default=None, help="folder: keep each pruned model (plan + weights)")
     ap.add_argument("--load-pruned", type=Path, default=None,
                     help="folder of an earlier --save-pruned: skip pruning, start from the saved models")
+    ap.add_argument("--round-to", type=int, default=None,
+                    help="channel multiple of the pruning (default: the engine's per-device default; 1: none)")
+    ap.add_argument("--round-to-min-channels", type=int, default=0,
+                    help="with --round-to: round only groups of at least this many channels (as the CPU default)")
+    ap.add_argument("--latency", action="store_true",
+                    help="also time dense vs pruned on the device (batch 1 and 32, interleaved, simprune.latency)")
     ap.add_argument("--out", default="distill_sweep.json")
     args = ap.parse_args(argv)
+    if args.round_to and args.round_to_min_channels:
+        args.round_to = ChannelMultiple(args.round_to, args.round_to_min_channels)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -141,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     pm, rep = prune(base, calib[:1].to(device), method, target_flops_reduction=args.target,
                                     calib=calib, device=device, allocation=r["allocation"], compensation=comp,
-                                    allocation_options=aopts or None,
+                                    allocation_options=aopts or None, round_to=args.round_to,
                                     compensation_options=copts or None)
                 if args.save_pruned is not None:
                     _save(args.save_pruned, tag, pm, rep)
@@ -150,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                 key = {"net": net, "method": method, "seed": seed, "dense": dense_acc}
                 record(key | {"variant": None, "accuracy": pruned_acc, "prune_s": round(prune_s, 1),
                               "flops_reduction": rep["flops_reduction"], "timings": rep.get("timings"),
-                              "output_recon": rep.get("output_recon")})
+                              "output_recon": rep.get("output_recon"), "round_to": rep.get("round_to"),
+                              "round_to_min_channels": rep.get("round_to_min_channels"),
+                              "latency": _latency(base, pm, device, rep) if args.latency else None})
                 todo = variants
                 if first is not None and args.top:
                     ranked = sorted(first, key=lambda row: -row["accuracy"])

@@ -105,7 +105,8 @@ class JobSpec(_Strict):
     depth: bool | None = Field(default=None, description="With allocation 'sensitivity': also weigh dropping whole "
                         "residual blocks (where the architecture allows) against narrowing layers.")
     round_to: int | None = Field(default=None, ge=1, le=1024, description=(
-        "Keep channel counts multiples of N. Default: 8 when the worker prunes on CUDA, none on CPU (1: none)."))
+        "Keep channel counts multiples of N. Default by the worker's device: 8 on CUDA; on a CPU 16 (AVX-512) or 8 "
+        "(AVX2) in layers of at least 128 channels, none elsewhere (1: none)."))
     compensation: dict[Literal["fold", "lstsq", "bn", "block_recon", "output_recon", "sequential"], bool] | None = (
         Field(default=None, description="Compensation switches with calibration data (default: the preset's): "
               "fold, lstsq, bn, sequential (select and re-fit group by group), block_recon (label-free block "

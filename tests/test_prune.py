@@ -79,14 +79,64 @@ def test_round_to_makes_channel_multiples() -> None:
     assert abs(report["flops_reduction"] - 0.4) <= 0.05  # coarse steps: 8-channel multiples of 16..64
 
 
-def test_round_to_defaults_per_device() -> None:
+@pytest.mark.parametrize(("aten", "cap", "expected"), [
+    ("AVX512", None, (16, 128)), ("AVX512", "AVX2", (8, 128)), ("AVX2", None, (8, 128)),
+    ("DEFAULT", None, None), ("AVX512", "SSE41", None)])
+def test_cpu_round_to_follows_the_instruction_set(monkeypatch: pytest.MonkeyPatch, aten: str, cap: str | None,
+                                                  expected: tuple[int, int] | None) -> None:
     from simprune.pruning.phases import default_round_to
 
-    assert default_round_to(torch.device("cuda")) == 8  # tensor cores (measured on an H200, BENCHMARKS.md)
-    assert default_round_to(torch.device("cpu")) is None
-    model = build_model("cifar_resnet20").eval()  # on CPU: unrounded counts stay possible
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: aten)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    got = default_round_to(torch.device("cpu"))
+    assert (got if got is None else (int(got), got.min_channels)) == expected
+    assert default_round_to(torch.device("cuda")) == 8  # every group (tensor cores; measured on an H200)
+    assert not hasattr(default_round_to(torch.device("cuda")), "min_channels")
+
+
+class WideNarrowNet(nn.Module):
+    """One narrow (24-channel) and one wide (160-channel) prunable group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.narrow = nn.Conv2d(3, 24, 3, padding=1)
+        self.wide = nn.Conv2d(24, 160, 3, padding=1)
+        self.head = nn.Conv2d(160, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.wide(F.relu(self.narrow(x))))).mean((2, 3))
+
+
+def _kept(report: dict) -> dict[str, int]:
+    return {r["name"]: r["channels_after"] for r in report["per_layer"] if r["name"] != "head"}
+
+
+def test_device_default_rounds_only_wide_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU default (16 on AVX-512) leaves a 24-channel group free and rounds a 160-channel one; an explicit
+    ``round_to=16`` rounds both; ``round_to=1`` neither. The report says what applied."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    x = torch.randn(1, 3, 16, 16)
+    _, auto = simprune.prune(WideNarrowNet().eval(), x, "l1", pruning_ratio=0.3)
+    assert _kept(auto) == {"narrow": 17, "wide": 112}  # 24 * 0.7 = 16.8 -> 17; 160 * 0.7 = 112 = 7 x 16
+    assert auto["round_to"] == 16 and auto["round_to_min_channels"] == 128
+    _, every = simprune.prune(WideNarrowNet().eval(), x, "l1", pruning_ratio=0.3, round_to=16)
+    assert _kept(every) == {"narrow": 16, "wide": 112} and every["round_to_min_channels"] is None
+    _, none = simprune.prune(WideNarrowNet().eval(), x, "l1", pruning_ratio=0.35, round_to=1)
+    assert _kept(none) == {"narrow": 16, "wide": 104}
+    _, auto35 = simprune.prune(WideNarrowNet().eval(), x, "l1", pruning_ratio=0.35)
+    assert _kept(auto35) == {"narrow": 16, "wide": 96}  # 104 rounds to 6 x 16
+
+
+def test_cpu_default_leaves_cifar_resnets_unrounded() -> None:
+    """On any CPU the default rounds no group of a CIFAR ResNet (16-64 channels): its accuracy figures stand."""
+    model = build_model("cifar_resnet20").eval()
     _, report = simprune.prune(model, torch.randn(1, 3, 32, 32), "l1", target_flops_reduction=0.4)
-    assert report["round_to"] is None
     assert any(r["channels_after"] % 8 for r in report["per_layer"])
 
 

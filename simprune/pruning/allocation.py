@@ -17,7 +17,7 @@ from simprune.pruning.prefix_cache import PrefixCache, module_name
 
 def _round_keep(spec: GroupSpec, keep: float, round_to: int | None) -> int:
     """Round a kept count to the group's channel chunking and ``round_to``, within [min_keep, n]."""
-    step = spec.ch_groups * (round_to or 1)
+    step = spec.step(round_to)
     k = int(round(keep / step)) * step if step > 1 else int(round(keep))
     k = max(k, spec.min_keep(round_to), 1)
     return min(k, spec.n_channels)
@@ -118,7 +118,7 @@ def refine_to_target(
         direction = -1 if red < target_reduction else 1  # remove channels when short of the target
         best: tuple[float, str, int] | None = None
         for s in specs:
-            step = s.ch_groups * (round_to or 1)
+            step = s.step(round_to)
             k = keep[s.name] + direction * step
             if k < s.min_keep(round_to) or k > s.n_channels:
                 continue
@@ -404,7 +404,7 @@ def _min_damage_choice(options: dict[str, list[Option]], need: float, units: int
 def _group_options(spec: GroupSpec, curve: dict[int, float], saving: Callable[[GroupSpec, int], float],
                    round_to: int | None, min_keep_frac: float) -> list[Option]:
     """``(kept, damage, saved)`` for every allowed kept count of one group, from most kept to fewest."""
-    step = spec.ch_groups * (round_to or 1)
+    step = spec.step(round_to)
     lo = max(spec.min_keep(round_to), math.ceil(spec.n_channels * min_keep_frac))
     dmg = _interp_curve(curve, spec.n_channels)
     opts = []

@@ -69,6 +69,26 @@ if not getattr(_TPGroup.add_dep, "_simprune", False):  # once per process; inact
     _TPGroup.add_dep = _budgeted_add_dep
 
 
+class ChannelMultiple(int):
+    """A channel multiple (a ``round_to``) that applies only to groups of at least ``min_channels`` channels.
+
+    The engine's CPU default is one (:func:`simprune.pruning.phases.default_round_to`): on narrow layers a step
+    costs accuracy (ResNet-56 at 50% FLOPs: its 64-channel groups rounded to 8, -0.2 points over 3 seeds; its
+    16-64-channel groups to 16, -3 points on one; BENCHMARKS.md session 21) where it saves little time. An
+    explicit ``round_to`` is a plain int and applies to every group. It compares, prints and serialises as the
+    int it is."""
+
+    min_channels: int
+
+    def __new__(cls, multiple: int, min_channels: int) -> ChannelMultiple:
+        obj = super().__new__(cls, multiple)
+        obj.min_channels = int(min_channels)
+        return obj
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return (ChannelMultiple, (int(self), self.min_channels))
+
+
 @dataclass
 class GroupSpec:
     """Static description of one prunable group (no tensors beyond module references)."""
@@ -91,9 +111,16 @@ class GroupSpec:
     """Module -> the group channel of each of its output channels, where that is not the identity (convs
     concatenated into the group: each holds a slice of the group's channels)."""
 
+    def step(self, round_to: int | None) -> int:
+        """The channel step of this group's kept counts: its chunking times ``round_to``, unless ``round_to`` is
+        a :class:`ChannelMultiple` the group is too narrow for."""
+        multiple = round_to or 1
+        if self.n_channels < getattr(round_to, "min_channels", 0):
+            multiple = 1
+        return self.ch_groups * multiple
+
     def min_keep(self, round_to: int | None) -> int:
-        step = self.ch_groups * (round_to or 1)
-        return max(step, self.ch_groups)
+        return max(self.step(round_to), self.ch_groups)
 
 
 def module_keep(spec: GroupSpec, module: str, keep: list[int]) -> list[int]:
