@@ -54,6 +54,16 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
+def _execed(pid: int) -> bool:
+    """Whether a worker child has started its own program: between fork and exec, /proc shows the supervisor's
+    environment, which has no worker settings."""
+    try:
+        env = _environ(pid)
+    except OSError:  # gone already
+        return False
+    return "SIMPRUNE_WORKER_KIND" in env and "CUDA_VISIBLE_DEVICES" in env
+
+
 def supervisor(settings: Settings, gpus: str, name: str, fake_gpus: int = 0) -> Proc:
     env = {**env_for(settings), "SIMPRUNE_FAKE_GPUS": str(fake_gpus), "SIMPRUNE_LOG_FORMAT": "text"}
     return Proc([simprune_exe(), "worker", "--gpus", gpus, "--stop-timeout", "15"], env,
@@ -91,8 +101,8 @@ def test_workers_are_pinned_restarted_and_stopped(tmp_path: Path) -> None:
 
         victim = next(p for p in kids if _environ(p)["CUDA_VISIBLE_DEVICES"] == "2")
         os.kill(victim, signal.SIGKILL)  # a crash: the supervisor starts a new worker for GPU 2
-        new = _until("a restarted worker", lambda: [p for p in child_pids(sup.proc.pid) if p not in kids], 60,
-                     sup.log)
+        new = _until("a restarted worker",
+                     lambda: [p for p in child_pids(sup.proc.pid) if p not in kids and _execed(p)], 60, sup.log)
         assert _environ(new[0])["CUDA_VISIBLE_DEVICES"] == "2"
         _until("the restarted worker registered", lambda: any(r.id.endswith(f":{new[0]}") for r in _rows(s)), 120,
                sup.log)
