@@ -25,11 +25,30 @@ import torch
 from torch import nn
 
 
+def _onednn_isa_cap() -> str:
+    """oneDNN's instruction-set cap (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``), upper case; "ALL" when unset."""
+    return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+
+
 def _isa_cap_allows_bf16() -> bool:
-    """False when oneDNN's instruction set is capped (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``) below the
-    bf16 instructions (AVX-512 BF16, AMX, AVX10)."""
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    """False when oneDNN's instruction set is capped below the bf16 instructions (AVX-512 BF16, AMX, AVX10)."""
+    cap = _onednn_isa_cap()
     return cap == "ALL" or any(k in cap for k in ("BF16", "FP16", "AMX", "AVX10"))
+
+
+def cpu_vector_isa() -> str:
+    """"AVX512", "AVX2" or "" (other CPUs): the vector instructions both ATen and oneDNN use here, each capped by
+    its own environment variable (``ATEN_CPU_CAPABILITY``; ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``)."""
+    try:
+        aten = str(torch.backends.cpu.get_cpu_capability()).upper()
+    except (AttributeError, RuntimeError):
+        return ""
+    cap = _onednn_isa_cap()
+    if aten.startswith("AVX512") and (cap == "ALL" or any(k in cap for k in ("AVX512", "AMX", "AVX10"))):
+        return "AVX512"
+    if aten.startswith(("AVX512", "AVX2")) and (cap == "ALL" or cap.startswith(("AVX2", "AVX512", "AMX", "AVX10"))):
+        return "AVX2"
+    return ""
 
 
 def bf16_native(device: torch.device) -> bool:

@@ -30,7 +30,7 @@ from simprune.compensation.block_recon import block_units, reconstruct_blocks
 from simprune.compensation.fold import fold_removed
 from simprune.compensation.lstsq import reconstruct_consumers
 from simprune.compensation.output_recon import AUGMENTS, KEEPS, MIX_CHOICES, reconstruct_outputs
-from simprune.compute import channels_last, to_channels_last
+from simprune.compute import channels_last, cpu_vector_isa, to_channels_last
 from simprune.device import select_device
 from simprune.errors import InputError, JobCancelled
 from simprune.flops import count_model
@@ -341,30 +341,13 @@ layers to 8 cost 0.2 points and its 16-64-channel layers to 16 cost 3 points on 
 (BENCHMARKS.md, session 21)."""
 
 
-def _cpu_vector_isa() -> str:
-    """"AVX512", "AVX2" or "" (other CPUs): the instruction set both ATen and oneDNN use, each capped by its own
-    environment variable (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``/``DNNL_MAX_CPU_ISA``)."""
-    import os
-
-    try:
-        aten = str(torch.backends.cpu.get_cpu_capability()).upper()
-    except (AttributeError, RuntimeError):
-        return ""
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
-    if aten.startswith("AVX512") and (cap == "ALL" or "AVX512" in cap or "AMX" in cap or "AVX10" in cap):
-        return "AVX512"
-    if aten.startswith(("AVX512", "AVX2")) and (cap == "ALL" or cap.startswith(("AVX2", "AVX512", "AMX", "AVX10"))):
-        return "AVX2"
-    return ""
-
-
 def default_round_to(device: torch.device) -> int | None:
     """The default channel multiple for a run on ``device``, None for no rounding: :data:`DEVICE_ROUND_TO` on
     accelerators (every group); on a CPU :data:`CPU_ROUND_TO` of its instruction set as a
     :class:`~simprune.pruning.groups.ChannelMultiple` that skips groups narrower than :data:`ROUND_MIN_CHANNELS`."""
     if device.type != "cpu":
         return DEVICE_ROUND_TO.get(device.type)
-    multiple = CPU_ROUND_TO.get(_cpu_vector_isa())
+    multiple = CPU_ROUND_TO.get(cpu_vector_isa())
     return ChannelMultiple(multiple, ROUND_MIN_CHANNELS) if multiple else None
 
 
