@@ -8,14 +8,20 @@ import pytest
 import torch
 
 import simprune
-from simprune.export import export_all
+from simprune.export import FORMATS, export_all
 from simprune.plan import load_pruned, make_plan
 from simprune.pruning.batchnorm import reestimate_bn
 from simprune.zoo import build_model, list_archs
 
 ARCHS = [a.name for a in list_archs()]
-# A second criterion per architecture, rotating so that every criterion prunes several architectures.
-SECOND = ["fpgm", "passive_sim", "qsfm", "nystrom_sim", "channel_cluster", "bn_scale", "l2", "random", "recon"]
+# A second criterion per architecture, rotating so that every criterion prunes several architectures; recon (a
+# greedy least-squares search per layer) sits where it lands on small nets (cifar_resnet32, regnet_y_400mf: 2 s and
+# 15 s on a slow 2-core host) rather than on densenet121 (70 s).
+SECOND = ["fpgm", "passive_sim", "qsfm", "recon", "channel_cluster", "bn_scale", "l2", "random", "nystrom_sim"]
+# Every format for the first criterion's model; the second's differs only in which channels are kept, which the
+# weights-and-plan rebuild checks (the traced pt2 and ONNX graphs are the same ops at other widths: exporting them
+# twice doubled the test's time, up to 35 s a model).
+SECOND_FORMATS = ("safetensors",)
 
 
 def small_input(name: str) -> tuple[int, ...]:
@@ -52,8 +58,10 @@ def test_prune_every_arch_two_criteria(arch: str, tmp_path: Path) -> None:
         out = pruned(torch.randn(2, *size))
         assert out.shape == (2, 10)
         plan = make_plan(report, arch=arch, input_size=size, num_classes=10)
-        records = export_all(pruned, example, tmp_path / method, plan=plan,
-                             rebuild=lambda p, w: load_pruned(p, w))
+        first = method == "l1"
+        records = export_all(pruned, example, tmp_path / method, formats=FORMATS if first else SECOND_FORMATS,
+                             plan=plan, rebuild=lambda p, w: load_pruned(p, w))
         files = {r["file"]: r for r in records}
-        assert {"model.pt2", "model.onnx", "weights.safetensors", "plan.json"} <= set(files)
+        expected = {"weights.safetensors", "plan.json"} | ({"model.pt2", "model.onnx"} if first else set())
+        assert expected <= set(files), records
         assert all(r["max_abs_diff"] is not None and r["max_abs_diff"] <= 1e-4 for r in records), records
