@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import sys
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         size = tuple(get_arch(arch).input_size)
         pruned, _ = simprune.prune(copy.deepcopy(dense), torch.randn(1, *size), "l1",
                                    target_flops_reduction=args.target)
+        models = {"dense": dense, "pruned": pruned.eval()}
         for batch in args.batches:
             x = torch.randn(batch, *size)
-            modes = ("default", "onednn") if args.force_onednn else ("default",)
-            for mode, (name, model) in ((m, v) for m in modes for v in (("dense", dense), ("pruned", pruned.eval()))):
+            for onednn, name in product((False, True) if args.force_onednn else (False,), models):
                 original = torch.nn.Conv2d.forward
-                if mode == "onednn":
+                if onednn:
                     torch.nn.Conv2d.forward = _onednn_forward  # type: ignore[method-assign]
                 try:
-                    got = kernel_times(model, x, args.rounds)
+                    got = kernel_times(models[name], x, args.rounds)
                 finally:
                     torch.nn.Conv2d.forward = original  # type: ignore[method-assign]
-                name = name if mode == "default" else f"{name}, all convs oneDNN"
+                name = f"{name}, all convs oneDNN" if onednn else name
                 rows.append({"arch": arch, "batch": batch, "model": name, **got})
                 k = got["kernels"]
                 one = k.get("aten::mkldnn_convolution", {"calls": 0, "ms": 0.0})

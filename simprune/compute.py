@@ -30,10 +30,15 @@ def _onednn_isa_cap() -> str:
     return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
 
 
+def _onednn_cap_allows(*isas: str) -> bool:
+    """Whether oneDNN's instruction-set cap (if any) names one of ``isas`` (substrings of the cap's name)."""
+    cap = _onednn_isa_cap()
+    return cap == "ALL" or any(k in cap for k in isas)
+
+
 def _isa_cap_allows_bf16() -> bool:
     """False when oneDNN's instruction set is capped below the bf16 instructions (AVX-512 BF16, AMX, AVX10)."""
-    cap = _onednn_isa_cap()
-    return cap == "ALL" or any(k in cap for k in ("BF16", "FP16", "AMX", "AVX10"))
+    return _onednn_cap_allows("BF16", "FP16", "AMX", "AVX10")
 
 
 def cpu_vector_isa() -> str:
@@ -43,10 +48,9 @@ def cpu_vector_isa() -> str:
         aten = str(torch.backends.cpu.get_cpu_capability()).upper()
     except (AttributeError, RuntimeError):
         return ""
-    cap = _onednn_isa_cap()
-    if aten.startswith("AVX512") and (cap == "ALL" or any(k in cap for k in ("AVX512", "AMX", "AVX10"))):
+    if aten.startswith("AVX512") and _onednn_cap_allows("AVX512", "AMX", "AVX10"):
         return "AVX512"
-    if aten.startswith(("AVX512", "AVX2")) and (cap == "ALL" or cap.startswith(("AVX2", "AVX512", "AMX", "AVX10"))):
+    if aten.startswith(("AVX512", "AVX2")) and _onednn_cap_allows("AVX2", "AVX512", "AMX", "AVX10"):
         return "AVX2"
     return ""
 
